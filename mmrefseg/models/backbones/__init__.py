@@ -1,0 +1,1 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
