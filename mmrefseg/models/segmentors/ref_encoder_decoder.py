@@ -1,0 +1,163 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""``RefEncoderDecoder``: mmseg's ``EncoderDecoder`` with a language encoder.
+
+    ids, mask (B×Nt, from the data samples) → text_encoder → L (B×Nt×C_t), word_mask (B×Nt)
+    backbone(img, L, word_mask) → (F_1, F_2, F_3, F_4, Q)
+    decode_head(...) → Y (B×2×H/4×W/4) [, priors]
+
+The language encoder is built from ``text_encoder=dict(...)`` as mmseg 1.2.2's
+``MultimodalEncoderDecoder`` does (mmseg's ``neck`` runs after the backbone). Any mmseg
+decode head works: stock heads pick the maps with ``in_index`` and ignore Q; a head with a
+``predict_with_priors`` method (``LQPGHead``) also returns its mask priors, which
+``predict`` stores on every sample as ``mask_priors``.
+"""
+from typing import List, Optional, Sequence
+
+import torch
+from mmengine.structures import PixelData
+from mmseg.models.segmentors import EncoderDecoder
+from mmseg.models.utils import resize
+from mmseg.registry import MODELS
+from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList, SampleList
+from torch import Tensor
+
+__all__ = ['RefEncoderDecoder']
+
+
+@MODELS.register_module()
+class RefEncoderDecoder(EncoderDecoder):
+    """Referring segmentor: text encoder + text-conditioned backbone + decode head.
+
+    Args:
+        text_encoder (dict): config of the language encoder; called as
+            ``text_encoder(text_ids, text_mask)`` → ``(L, word_mask)``.
+        backbone (dict): called as ``backbone(img, L, word_mask)``; returns the feature
+            maps followed by the query tensor (``(F_1, F_2, F_3, F_4, Q)``).
+        decode_head, neck, auxiliary_head, train_cfg, test_cfg, data_preprocessor,
+        pretrained, init_cfg: as :class:`mmseg.models.EncoderDecoder`. A ``neck`` is applied
+        to the maps only (Q is passed on unchanged). ``test_cfg.mode`` must be 'whole'.
+
+    Modes: ``loss`` (dict of losses), ``predict`` (data samples with ``seg_logits``,
+    ``pred_sem_seg`` and, for heads with priors, ``mask_priors`` — all at the original
+    image size) and ``tensor`` (the head's raw output). One image with several sentences:
+    pass ``inputs`` of batch 1 and one data sample per sentence (predict / tensor).
+    """
+
+    def __init__(self,
+                 text_encoder: ConfigType,
+                 backbone: ConfigType,
+                 decode_head: ConfigType,
+                 neck: OptConfigType = None,
+                 auxiliary_head: OptConfigType = None,
+                 train_cfg: OptConfigType = None,
+                 test_cfg: OptConfigType = dict(mode='whole'),
+                 data_preprocessor: OptConfigType = None,
+                 pretrained: Optional[str] = None,
+                 init_cfg: OptMultiConfig = None):
+        super().__init__(backbone=backbone, decode_head=decode_head, neck=neck,
+                         auxiliary_head=auxiliary_head, train_cfg=train_cfg,
+                         test_cfg=test_cfg, data_preprocessor=data_preprocessor,
+                         pretrained=pretrained, init_cfg=init_cfg)
+        if text_encoder is None:
+            raise ValueError('RefEncoderDecoder needs text_encoder=dict(type=...), e.g. '
+                             "dict(type='BertTextEncoder', ...).")
+        self.text_encoder = MODELS.build(text_encoder)
+        if self.test_cfg is not None and self.test_cfg.get('mode', 'whole') != 'whole':
+            raise ValueError(f"RefEncoderDecoder supports test_cfg.mode='whole' only (one "
+                             f"sentence per image crop is ill-defined), got "
+                             f"{self.test_cfg.get('mode')!r}.")
+
+    # ------------------------------------------------------------------ features
+    @staticmethod
+    def _stack_text(data_samples: SampleList, device) -> tuple:
+        if data_samples is None:
+            raise ValueError('RefEncoderDecoder needs data samples carrying text_ids and '
+                             'text_mask (the pipeline must run TokenizeText then '
+                             'PackRefSegInputs).')
+        ids, masks = [], []
+        for i, s in enumerate(data_samples):
+            if 'text_ids' not in s or 'text_mask' not in s:
+                raise ValueError(
+                    f'data sample {i} has no text_ids/text_mask (keys: {list(s.keys())}); '
+                    'the pipeline must run TokenizeText then PackRefSegInputs.')
+            ids.append(torch.as_tensor(s.text_ids).reshape(-1))
+            masks.append(torch.as_tensor(s.text_mask).reshape(-1))
+        if len({len(t) for t in ids}) != 1:
+            raise ValueError(f'text_ids of different lengths in one batch: '
+                             f'{[len(t) for t in ids]}; tokenize with a fixed max_length.')
+        return (torch.stack(ids).long().to(device), torch.stack(masks).long().to(device))
+
+    def extract_feat(self, inputs: Tensor, data_samples: OptSampleList = None) -> tuple:
+        """Text and image features: ``(F_1, F_2, F_3, F_4, Q)`` (B×C_i×H_i×W_i, B×K×C_q)."""
+        ids, mask = self._stack_text(data_samples, inputs.device)  # B×Nt
+        if inputs.shape[0] != ids.shape[0]:
+            raise ValueError(f'{inputs.shape[0]} images but {ids.shape[0]} sentences; pass one '
+                             'data sample per image, or one image with several sentences '
+                             '(predict / tensor mode).')
+        text_feats, word_mask = self.text_encoder(ids, mask)  # L: B×Nt×C_t, B×Nt
+        x = self.backbone(inputs, text_feats, word_mask)
+        if self.with_neck:
+            x = tuple(self.neck(x[:-1])) + (x[-1], )
+        return x
+
+    @staticmethod
+    def _broadcast_image(inputs: Tensor, data_samples: OptSampleList) -> Tensor:
+        """One image, several sentences: repeat the image once per data sample."""
+        if data_samples is not None and inputs.shape[0] == 1 and len(data_samples) > 1:
+            return inputs.expand(len(data_samples), *inputs.shape[1:])
+        return inputs
+
+    # ------------------------------------------------------------------ modes
+    def loss(self, inputs: Tensor, data_samples: SampleList) -> dict:
+        x = self.extract_feat(inputs, data_samples)
+        losses = dict()
+        losses.update(self._decode_head_forward_train(x, data_samples))
+        if self.with_auxiliary_head:
+            losses.update(self._auxiliary_head_forward_train(x, data_samples))
+        return losses
+
+    def _forward(self, inputs: Tensor, data_samples: OptSampleList = None):
+        inputs = self._broadcast_image(inputs, data_samples)
+        return self.decode_head.forward(self.extract_feat(inputs, data_samples))
+
+    def encode_decode(self, inputs: Tensor, batch_img_metas: List[dict],
+                      data_samples: OptSampleList = None) -> Tensor:
+        """Logits at the input (padded) size; needs the data samples for the text."""
+        x = self.extract_feat(inputs, data_samples)
+        return self.decode_head.predict(x, batch_img_metas, self.test_cfg)
+
+    def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
+        inputs = self._broadcast_image(inputs, data_samples)
+        if data_samples is None:
+            self._stack_text(None, inputs.device)  # raises the explanatory error
+        batch_img_metas = [s.metainfo for s in data_samples]
+        for meta in batch_img_metas:  # a bare sample (API use) gets mmseg's defaults
+            meta.setdefault('ori_shape', tuple(inputs.shape[2:]))
+            meta.setdefault('img_shape', tuple(inputs.shape[2:]))
+        x = self.extract_feat(inputs, data_samples)
+        priors = None
+        if hasattr(self.decode_head, 'predict_with_priors'):
+            seg_logits, priors = self.decode_head.predict_with_priors(x, batch_img_metas)
+        else:
+            seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
+        for s, meta in zip(data_samples, batch_img_metas):
+            s.set_metainfo(dict(ori_shape=meta['ori_shape'], img_shape=meta['img_shape']))
+        data_samples = self.postprocess_result(seg_logits, data_samples)
+        if priors is not None:
+            for i, s in enumerate(data_samples):
+                s.set_data(dict(mask_priors=PixelData(
+                    data=self._restore(priors[i:i + 1], s.metainfo))))
+        return data_samples
+
+    def _restore(self, maps: Tensor, img_meta: dict) -> Tensor:
+        """1×N×H×W maps at the padded input size → N×h×w at the original size, following
+        :meth:`postprocess_result` (padding removed, flip undone, bilinear resize)."""
+        h, w = maps.shape[2:]
+        left, right, top, bottom = img_meta.get('img_padding_size',
+                                                img_meta.get('padding_size', [0] * 4))
+        maps = maps[:, :, top:h - bottom, left:w - right]
+        if img_meta.get('flip', None):
+            maps = maps.flip(dims=(3, ) if img_meta.get('flip_direction') == 'horizontal'
+                             else (2, ))
+        return resize(maps, size=img_meta['ori_shape'], mode='bilinear',
+                      align_corners=self.align_corners, warning=False).squeeze(0)
