@@ -1,1 +1,2 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
+from .refshapes import RefShapesDataset  # noqa
