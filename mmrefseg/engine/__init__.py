@@ -1,1 +1,18 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
+"""Training-engine pieces: crash-safe checkpoint writes, NaN guard, bad-sample skipping.
+
+Importing this package (``import mmrefseg`` does) makes mmengine's local checkpoint and
+``last_checkpoint`` writes atomic (:mod:`mmrefseg.utils.atomic_io`).
+"""
+import importlib.util
+
+from ..utils import atomic_io
+from .hooks import *  # noqa: F401,F403
+from .skip_bad_samples import SkipBadSamplesDataset
+
+atomic_io.apply()
+
+if importlib.util.find_spec(__name__ + '.runner_utils') is not None:
+    from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
+
+__all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook']
