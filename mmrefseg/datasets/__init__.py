@@ -1,2 +1,8 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
-from .refshapes import RefShapesDataset  # noqa
+from .refcoco import RefCOCODataset
+from .refshapes import RefShapesDataset
+from .transforms import (REF_META_KEYS, LoadRefAnnotations, PackRefSegInputs,
+                         TokenizeText, decode_segmentation)
+
+__all__ = ['RefCOCODataset', 'RefShapesDataset', 'LoadRefAnnotations', 'TokenizeText',
+           'PackRefSegInputs', 'decode_segmentation', 'REF_META_KEYS']

@@ -1,0 +1,107 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""Sentence → BERT WordPiece ids (``[CLS] … [SEP]``, truncated and zero-padded).
+
+The paper (§4.1) caps sentences at 30 tokens. We truncate with the tokenizer (``[SEP]``
+stays the last real token); LAVT instead cuts the encoded ids at ``max_length``, which
+drops ``[SEP]`` from sentences longer than ``max_length - 2`` word pieces.
+"""
+import os.path as osp
+from typing import Dict
+
+import numpy as np
+from mmcv.transforms import BaseTransform
+
+from mmseg.registry import TRANSFORMS
+
+#: vocabularies shipped with the package, usable offline by name.
+BUNDLED_VOCABS = {
+    'bert-base-uncased': osp.join(osp.dirname(__file__), 'vocab', 'bert-base-uncased.txt'),
+}
+_CACHE: Dict[tuple, object] = {}
+
+
+def build_tokenizer(tokenizer: str = 'bert-base-uncased', do_lower_case: bool = True):
+    """A HF BERT tokenizer from a name, a local directory or a ``vocab.txt`` file.
+
+    Resolution order: an existing file (a WordPiece vocab, ``do_lower_case`` applies) →
+    an existing directory (``AutoTokenizer.from_pretrained(dir)``) → a bundled name
+    (``'bert-base-uncased'``, offline) → a name in the local HF cache
+    (``local_files_only=True``; nothing is downloaded). Instances are cached per process.
+    """
+    key = (tokenizer, do_lower_case)
+    if key in _CACHE:
+        return _CACHE[key]
+    from transformers import AutoTokenizer
+    try:
+        from transformers import BertTokenizerFast as Bert
+    except ImportError:  # pragma: no cover - tokenizers missing
+        from transformers import BertTokenizer as Bert
+    path = osp.expanduser(str(tokenizer))
+    if osp.isfile(path):
+        tok = Bert(vocab_file=path, do_lower_case=do_lower_case)
+    elif osp.isdir(path):
+        tok = AutoTokenizer.from_pretrained(path)
+    elif tokenizer in BUNDLED_VOCABS:
+        tok = Bert(vocab_file=BUNDLED_VOCABS[tokenizer], do_lower_case=True)
+    else:
+        try:
+            tok = AutoTokenizer.from_pretrained(tokenizer, local_files_only=True)
+        except Exception as e:
+            raise ValueError(
+                f'TokenizeText: cannot load tokenizer {tokenizer!r}: it is not a file, not a '
+                f'directory, not bundled ({", ".join(BUNDLED_VOCABS)}) and not in the local '
+                'HuggingFace cache. Pass a local vocab.txt / tokenizer directory.') from e
+    _CACHE[key] = tok
+    return tok
+
+
+@TRANSFORMS.register_module()
+class TokenizeText(BaseTransform):
+    """Tokenize ``results['text']`` for the BERT text encoder.
+
+    Required keys: ``text``. Added keys: ``text_ids``, ``text_mask`` (int64 arrays of
+    length ``max_length``: ``[CLS] … [SEP]`` then ``[PAD]`` = 0; mask 1 on real tokens).
+
+    Args:
+        tokenizer (str): ``'bert-base-uncased'`` (bundled vocab, offline), a local
+            ``vocab.txt``, a tokenizer directory or a name in the local HF cache.
+        max_length (int): token budget including ``[CLS]``/``[SEP]``. Defaults to 30
+            (paper §4.1).
+        do_lower_case (bool): lower-case before WordPiece, for a vocab file.
+            Defaults to True (uncased BERT).
+    """
+
+    def __init__(self, tokenizer: str = 'bert-base-uncased', max_length: int = 30,
+                 do_lower_case: bool = True) -> None:
+        if not isinstance(max_length, int) or max_length < 2:
+            raise ValueError(f'TokenizeText: max_length must be an int >= 2 ([CLS] and '
+                             f'[SEP]), got {max_length!r}.')
+        self.tokenizer = tokenizer
+        self.max_length = max_length
+        self.do_lower_case = do_lower_case
+        self._tok = build_tokenizer(tokenizer, do_lower_case)
+
+    def transform(self, results: dict) -> dict:
+        text = results.get('text')
+        if not isinstance(text, str) or not text.strip():
+            raise ValueError(f'TokenizeText: empty or missing sentence {text!r} '
+                             f'(ref_id {results.get("ref_id")}, sent_id '
+                             f'{results.get("sent_id")}). Every item needs a non-empty "text".')
+        enc = self._tok(text, max_length=self.max_length, padding='max_length',
+                        truncation=True)
+        results['text_ids'] = np.asarray(enc['input_ids'], dtype=np.int64)
+        results['text_mask'] = np.asarray(enc['attention_mask'], dtype=np.int64)
+        return results
+
+    def __getstate__(self):  # the HF tokenizer is rebuilt (from the cache) after pickling
+        state = self.__dict__.copy()
+        state.pop('_tok', None)
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._tok = build_tokenizer(self.tokenizer, self.do_lower_case)
+
+    def __repr__(self) -> str:
+        return (f'{self.__class__.__name__}(tokenizer={self.tokenizer!r}, '
+                f'max_length={self.max_length})')
