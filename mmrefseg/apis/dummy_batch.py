@@ -1,0 +1,71 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""A synthetic referring batch (random image, full-length sentence, random mask) for
+``tools/analysis_tools/get_flops.py`` and ``benchmark.py``: measures need no dataset."""
+from typing import Tuple
+
+import torch
+
+__all__ = ['dummy_data_batch', 'text_max_length']
+
+#: bert-base-uncased ids of [CLS] / [SEP]; words are drawn from the ordinary word range
+CLS_ID, SEP_ID, WORD_RANGE = 101, 102, (1996, 29611)
+
+
+def text_max_length(cfg, default: int = 30) -> int:
+    """``max_length`` of the config's ``TokenizeText`` (else ``default``)."""
+    try:
+        for t in cfg.test_dataloader.dataset.pipeline:
+            if t.get('type') == 'TokenizeText':
+                return int(t.get('max_length', default))
+    except AttributeError:
+        pass
+    return default
+
+
+def dummy_data_batch(batch_size: int = 1,
+                     shape: Tuple[int, int] = (448, 448),
+                     text_len: int = 30,
+                     max_length: int = 30,
+                     with_gt: bool = True,
+                     seed: int = 0) -> dict:
+    """A batch as the dataloader gives it (before the data preprocessor).
+
+    Args:
+        batch_size (int): images (= sentences) in the batch.
+        shape (tuple[int, int]): image H, W.
+        text_len (int): real tokens per sentence incl. [CLS]/[SEP] (≤ ``max_length``).
+        max_length (int): padded text length Nt.
+        with_gt (bool): add a random ``gt_sem_seg`` (for a training step).
+        seed (int): random seed (the batch is deterministic).
+
+    Returns:
+        dict: ``inputs`` (list of 3×H×W uint8 tensors) and ``data_samples`` (list of
+        SegDataSample with ``text_ids``/``text_mask`` (Nt,) data fields and the metainfo
+        the segmentor needs).
+    """
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    if not 2 <= text_len <= max_length:
+        raise ValueError(f'dummy_data_batch: text_len={text_len} must be in [2, max_length='
+                         f'{max_length}].')
+    h, w = shape
+    gen = torch.Generator().manual_seed(seed)
+    inputs, samples = [], []
+    for _ in range(batch_size):
+        inputs.append(torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen))
+        ids = torch.zeros(max_length, dtype=torch.long)
+        ids[1:text_len - 1] = torch.randint(*WORD_RANGE, (text_len - 2, ), generator=gen)
+        ids[0], ids[text_len - 1] = CLS_ID, SEP_ID
+        mask = torch.zeros(max_length, dtype=torch.long)
+        mask[:text_len] = 1
+        sample = SegDataSample(metainfo=dict(
+            img_shape=(h, w), ori_shape=(h, w), pad_shape=(h, w), scale_factor=(1.0, 1.0),
+            flip=False, flip_direction=None, text='dummy', ref_id=-1, sent_id=-1, ann_id=-1,
+            image_id=-1, category_id=-1))
+        sample.set_data(dict(text_ids=ids, text_mask=mask))
+        if with_gt:
+            gt = torch.zeros(1, h, w, dtype=torch.long)
+            gt[:, h // 4:3 * h // 4, w // 4:3 * w // 4] = 1
+            sample.gt_sem_seg = PixelData(data=gt)
+        samples.append(sample)
+    return dict(inputs=inputs, data_samples=samples)
