@@ -1,0 +1,165 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""The language encoder of §3.2.1: BERT without its pooling layer.
+
+``L = BERT(text_ids, text_mask)``: word features B×Nt×C_t (the last hidden state) and the
+word mask, as in LAVT. The segmentor builds it from a ``text_encoder=dict(...)`` key (mmseg's
+``neck`` slot runs after the backbone, so it cannot hold a language model).
+
+Three ways to build it:
+
+* ``name_or_path='bert-base-uncased'`` (or a local directory written by
+  ``save_pretrained``) and ``pretrained=True``: ``BertModel.from_pretrained(...,
+  add_pooling_layer=False)``. A local directory works offline; a hub name needs network
+  access or the HF cache.
+* ``pretrained=False``: random weights from ``config`` (a dict of ``BertConfig`` kwargs, or
+  a path to a ``config.json`` / a directory holding one), else from ``name_or_path``'s
+  config, else bert-base-uncased's (``BertConfig()`` defaults). Fully offline.
+* ``name_or_path=None`` with ``pretrained=True``: random weights too, with a warning.
+
+mmengine's ``init_weights`` leaves the module alone (transformers initialised it, or loaded
+pretrained weights): we override it so that a segmentor's ``init_weights`` never re-draws
+pretrained BERT weights.
+"""
+import logging
+import os.path as osp
+
+from mmengine.logging import print_log
+from mmengine.model import BaseModule
+from transformers import BertConfig, BertModel
+
+from mmseg.registry import MODELS
+
+__all__ = ['BertTextEncoder']
+
+
+def _build_config(config):
+    """``None`` | dict of BertConfig kwargs | path to config.json / its folder → BertConfig."""
+    if config is None or isinstance(config, BertConfig):
+        return config
+    if isinstance(config, dict):
+        return BertConfig(**config)
+    if isinstance(config, str):
+        path = osp.join(config, 'config.json') if osp.isdir(config) else config
+        if not osp.isfile(path):
+            raise FileNotFoundError(
+                f'BertTextEncoder: config={config!r} is neither a dict of BertConfig '
+                f'arguments nor an existing config.json (or a folder holding one).')
+        return BertConfig.from_json_file(path)
+    raise TypeError(f'BertTextEncoder: config must be None, a dict or a path, got '
+                    f'{type(config).__name__}.')
+
+
+def _load_error(what, name_or_path, err):
+    return OSError(
+        f'BertTextEncoder could not load the {what} of {name_or_path!r}: {err}\n'
+        f'Fix: download it once where you have network access (e.g. `huggingface-cli '
+        f'download {name_or_path} --local-dir ./pretrain/{osp.basename(str(name_or_path))}` '
+        f'or `BertModel.from_pretrained({name_or_path!r}).save_pretrained(DIR)`) and set '
+        f'text_encoder.name_or_path=DIR; or train from random weights with '
+        f'text_encoder.pretrained=False and text_encoder.config=<dict | config.json>.')
+
+
+@MODELS.register_module()
+class BertTextEncoder(BaseModule):
+    """BERT word encoder (no pooler) registered in mmseg's MODELS.
+
+    Args:
+        name_or_path (str | None): hub name or local directory of a BERT checkpoint.
+        config (dict | str | None): BertConfig kwargs or path to a config.json. With
+            ``pretrained=True`` it overrides the checkpoint's config.
+        pretrained (bool): load the weights of ``name_or_path``. Default True.
+        freeze (bool): freeze the whole encoder (no grad, kept in eval mode). Default False.
+        frozen_layers (int): freeze the embeddings and the first ``frozen_layers`` encoder
+            layers (0 = train everything, the paper's recipe). Default 0.
+        hf_kwargs (dict | None): extra kwargs for ``from_pretrained`` (e.g.
+            ``local_files_only=True``, ``attn_implementation='eager'``).
+        init_cfg: unused by the weights (see the module docstring); kept for mmengine.
+
+    Attributes:
+        embed_dims (int): C_t, the hidden size.
+
+    Shapes: forward(input_ids B×Nt, attention_mask B×Nt) → (L B×Nt×C_t float, mask B×Nt)
+    """
+
+    def __init__(self,
+                 name_or_path=None,
+                 config=None,
+                 pretrained=True,
+                 freeze=False,
+                 frozen_layers=0,
+                 hf_kwargs=None,
+                 init_cfg=None):
+        super().__init__(init_cfg=init_cfg)
+        hf_kwargs = dict(hf_kwargs or {})
+        bert_config = _build_config(config)
+        if pretrained and name_or_path is not None:
+            if bert_config is not None:
+                hf_kwargs['config'] = bert_config
+            try:
+                self.bert = BertModel.from_pretrained(
+                    name_or_path, add_pooling_layer=False, **hf_kwargs)
+            except (OSError, ValueError) as err:
+                raise _load_error('weights', name_or_path, err) from err
+        else:
+            if bert_config is None and name_or_path is not None:
+                try:
+                    bert_config = BertConfig.from_pretrained(name_or_path)
+                except (OSError, ValueError) as err:
+                    raise _load_error('config', name_or_path, err) from err
+            if bert_config is None:
+                bert_config = BertConfig()  # bert-base-uncased
+            if pretrained:
+                print_log(
+                    'BertTextEncoder: pretrained=True but no name_or_path given; the text '
+                    'encoder starts from RANDOM weights. Set name_or_path (e.g. '
+                    '"bert-base-uncased" or a local folder) to load BERT weights.',
+                    logger='current', level=logging.WARNING)
+            self.bert = BertModel(bert_config, add_pooling_layer=False, **hf_kwargs)
+        self.embed_dims = self.bert.config.hidden_size
+        num_layers = self.bert.config.num_hidden_layers
+        if not 0 <= frozen_layers <= num_layers:
+            raise ValueError(f'BertTextEncoder: frozen_layers={frozen_layers} must be in '
+                             f'[0, {num_layers}] (the model has {num_layers} layers).')
+        self.freeze = freeze
+        self.frozen_layers = frozen_layers
+        self._freeze()
+
+    def _frozen_modules(self):
+        if self.freeze:
+            return [self.bert]
+        if self.frozen_layers > 0:
+            return [self.bert.embeddings] + list(self.bert.encoder.layer[:self.frozen_layers])
+        return []
+
+    def _freeze(self):
+        for m in self._frozen_modules():
+            m.eval()
+            for p in m.parameters():
+                p.requires_grad = False
+
+    def train(self, mode=True):
+        """Switch mode, keeping frozen parts in eval mode (no dropout)."""
+        super().train(mode)
+        for m in self._frozen_modules():
+            m.eval()
+        return self
+
+    def init_weights(self):
+        """Keep transformers' initialisation / the loaded pretrained weights."""
+        self._is_init = True
+
+    def forward(self, input_ids, attention_mask):
+        """input_ids B×Nt (long), attention_mask B×Nt (1 = real token) → (B×Nt×C_t, B×Nt)."""
+        if input_ids.dim() != 2 or tuple(attention_mask.shape) != tuple(input_ids.shape):
+            raise ValueError(
+                f'BertTextEncoder: input_ids and attention_mask must both be B×Nt, got '
+                f'{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}.')
+        vocab = self.bert.config.vocab_size
+        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
+            raise ValueError(
+                f'BertTextEncoder: token ids must be in [0, {vocab}) (vocab_size of the '
+                f'BERT config), got [{int(input_ids.min())}, {int(input_ids.max())}]. The '
+                f'tokenizer (TokenizeText) and text_encoder must use the same vocabulary.')
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+        return out.last_hidden_state, attention_mask
+
