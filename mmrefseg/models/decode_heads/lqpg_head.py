@@ -72,7 +72,8 @@ class LQPGHead(BaseDecodeHead):
         norm_cfg (dict): norm of the pixel-decoder convs (BN; SyncBN for 1 image/GPU).
         num_classes (int): 2 (background, referent); the head predicts softmax logits.
         dropout_ratio (float): dropout before the mask head conv (0).
-        loss_decode (dict | list[dict]): the loss used for L_mask and every L_prior (CE).
+        loss_decode (dict | list[dict]): the loss used for L_mask and every L_prior
+            (CrossEntropyLoss with ``avg_non_ignore=True``, i.e. torch's mean).
 
     Shapes:
         inputs: tuple whose ``in_index`` entries are F_i (B×C_i×H/s_i×W/s_i, s = 4, 8, 16,
@@ -117,6 +118,9 @@ class LQPGHead(BaseDecodeHead):
             raise ValueError(f"LQPGHead: input_transform must be 'multiple_select', got "
                              f'{input_transform!r}.')
         kwargs.setdefault('out_channels', num_classes)
+        # cross-entropy averaged over non-ignored pixels, as torch's (and LAVT's) default
+        kwargs.setdefault('loss_decode', dict(type='CrossEntropyLoss', use_sigmoid=False,
+                                              loss_weight=1.0, avg_non_ignore=True))
         if kwargs['out_channels'] != num_classes:
             raise ValueError(f'LQPGHead predicts {num_classes}-way softmax logits (Eq 16); '
                              f"out_channels={kwargs['out_channels']} is not supported.")
@@ -205,7 +209,7 @@ class LQPGHead(BaseDecodeHead):
         seg_label = seg_label.squeeze(1)
         y = resize(y, size=size, mode='bilinear', align_corners=self.align_corners)
         losses = dict(loss_mask=self._ce(y, seg_label))  # L_mask
-        if self.prior_loss_weight > 0:
+        if self.prior_loss_weight > 0 and priors:
             scale = self.prior_loss_weight / len(priors)  # λ / N_l
             for i, p in enumerate(priors):
                 p = resize(p, size=size, mode='bilinear', align_corners=self.align_corners)

@@ -1,0 +1,212 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""RefEncoderDecoder + RefSegDataPreProcessor: loss / predict / tensor modes, gradients,
+post-processing at the original size, several sentences for one image, mixing with stock
+mmseg heads and with other backbones."""
+import copy
+
+import pytest
+import torch
+import torch.nn as nn
+from mmengine.optim import build_optim_wrapper
+from mmengine.registry import init_default_scope
+from mmengine.structures import PixelData
+from mmseg.registry import MODELS
+from mmseg.structures import SegDataSample
+
+import mmrefseg  # noqa: F401  (registers everything)
+from mmrefseg.models.data_preprocessors import RefSegDataPreProcessor  # noqa: F401
+from mmrefseg.models.segmentors import RefEncoderDecoder  # noqa: F401
+
+init_default_scope('mmseg')  # as configs do (default_scope='mmseg')
+
+IN_CH = (8, 16, 32, 64)
+CQ = 16
+NT = 6
+S = 64  # network input size
+
+
+@MODELS.register_module(name='_TestTextEncoder', force=True)
+class _TestTextEncoder(nn.Module):
+    """Stand-in language encoder: embedding → (B×Nt×C_t, B×Nt)."""
+
+    def __init__(self, vocab=50, dims=12):
+        super().__init__()
+        self.emb = nn.Embedding(vocab, dims)
+
+    def forward(self, ids, mask):
+        return self.emb(ids), mask
+
+
+@MODELS.register_module(name='_TestQueryBackbone', force=True)
+class _TestQueryBackbone(nn.Module):
+    """Stand-in for 'another backbone': four strided conv maps modulated by the sentence
+    vector, plus K language queries → (F_1, F_2, F_3, F_4, Q)."""
+
+    def __init__(self, text_dims=12, channels=IN_CH, num_queries=4, query_dims=CQ):
+        super().__init__()
+        self.stem = nn.Conv2d(3, channels[0], 4, stride=4)
+        self.downs = nn.ModuleList(
+            nn.Conv2d(channels[i], channels[i + 1], 2, stride=2) for i in range(3))
+        self.text_proj = nn.ModuleList(nn.Linear(text_dims, c) for c in channels)
+        self.query = nn.Linear(text_dims, num_queries * query_dims)
+        self.num_queries, self.query_dims = num_queries, query_dims
+
+    def forward(self, img, text, mask):
+        m = mask.unsqueeze(-1).float()
+        sent = (text * m).sum(1) / m.sum(1).clamp(min=1)
+        x, outs = self.stem(img), []
+        for i in range(4):
+            if i:
+                x = self.downs[i - 1](x)
+            x = x * torch.sigmoid(self.text_proj[i](sent))[:, :, None, None]
+            outs.append(x)
+        q = self.query(sent).view(-1, self.num_queries, self.query_dims)
+        return tuple(outs) + (q, )
+
+
+def model_cfg(**head_kw):
+    head = dict(type='LQPGHead', in_channels=IN_CH, channels=CQ, decoder_channels=24,
+                num_layers=2, num_heads=2, ffn_channels=32, prior_channels=8,
+                proj_norm_cfg=dict(type='GN', num_groups=4), norm_cfg=dict(type='BN'))
+    head.update(head_kw)
+    return dict(
+        type='RefEncoderDecoder',
+        data_preprocessor=dict(type='RefSegDataPreProcessor', mean=[123.675, 116.28, 103.53],
+                               std=[58.395, 57.12, 57.375], bgr_to_rgb=True, size=(S, S)),
+        text_encoder=dict(type='_TestTextEncoder'),
+        backbone=dict(type='_TestQueryBackbone'),
+        decode_head=head,
+        test_cfg=dict(mode='whole'))
+
+
+def sample(ids, ori_shape=(S, S), flip=False, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    s = SegDataSample()
+    ids = torch.tensor(ids + [0] * (NT - len(ids)))
+    s.set_data(dict(text_ids=ids, text_mask=(ids > 0).long()))
+    s.gt_sem_seg = PixelData(data=torch.randint(0, 2, (1, S, S), generator=g))
+    s.set_metainfo(dict(img_shape=(S, S), ori_shape=ori_shape, flip=flip,
+                        flip_direction='horizontal' if flip else None))
+    return s
+
+
+def batch(n=2, seed=0, **kw):
+    g = torch.Generator().manual_seed(seed)
+    return dict(inputs=[torch.randint(0, 256, (3, S, S), generator=g, dtype=torch.uint8)
+                        for _ in range(n)],
+                data_samples=[sample([5 + i, 7, 9][:2 + i % 2], seed=i, **kw) for i in range(n)])
+
+
+def build(**head_kw):
+    torch.manual_seed(0)
+    return MODELS.build(model_cfg(**head_kw))
+
+
+def test_train_step_loss_keys_and_every_parameter_gets_gradient():
+    model = build()
+    data = model.data_preprocessor(batch(), training=True)
+    losses = model(**data, mode='loss')
+    assert set(losses) == {'decode.loss_mask', 'decode.loss_prior_l0', 'decode.loss_prior_l1',
+                           'decode.acc_seg'}
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+    # one optimizer step through mmengine changes the weights
+    model.zero_grad()
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    before = copy.deepcopy(model.decode_head.conv_seg.weight.data)
+    log = model.train_step(batch(), optim)
+    assert 'loss' in log and torch.isfinite(log['loss'])
+    assert not torch.equal(before, model.decode_head.conv_seg.weight.data)
+
+
+def test_predict_original_size_flip_and_priors():
+    model = build().eval()
+    with torch.no_grad():
+        data = model.data_preprocessor(batch(ori_shape=(100, 80)), training=False)
+        out = model(**data, mode='predict')
+        flipped = model.data_preprocessor(batch(ori_shape=(100, 80), flip=True))
+        out_f = model(**flipped, mode='predict')
+    for s in out:
+        assert s.seg_logits.shape == (100, 80) and s.seg_logits.data.shape[0] == 2
+        assert s.pred_sem_seg.data.shape == (1, 100, 80)
+        assert set(s.pred_sem_seg.data.unique().tolist()) <= {0, 1}
+        assert torch.equal(s.pred_sem_seg.data[0], s.seg_logits.data.argmax(0))
+        assert s.mask_priors.data.shape == (2, 100, 80)  # N_l × H × W
+        assert 0 <= s.mask_priors.data.min() and s.mask_priors.data.max() <= 1
+    # flip is undone (the network saw the same image, so logits come out mirrored)
+    assert torch.allclose(out_f[0].seg_logits.data, out[0].seg_logits.data.flip(-1), atol=1e-6)
+    assert torch.allclose(out_f[0].mask_priors.data, out[0].mask_priors.data.flip(-1),
+                          atol=1e-6)
+
+
+def test_predict_removes_padding():
+    model = build().eval()
+    model.data_preprocessor.test_cfg = dict(size=(S + 16, S + 16))  # pad right/bottom
+    with torch.no_grad():
+        padded = model(**model.data_preprocessor(batch(ori_shape=(S, S))), mode='predict')
+    assert padded[0].seg_logits.shape == (S, S) and padded[0].mask_priors.shape == (S, S)
+    assert tuple(padded[0].metainfo['img_padding_size']) == (0, 16, 0, 16)
+
+
+def test_several_sentences_for_one_image_and_tensor_mode():
+    model = build().eval()
+    data = batch(n=1)
+    img = model.data_preprocessor(data)['inputs']
+    sents = [[5, 7], [6, 9, 11], [8]]
+    with torch.no_grad():
+        joint = model.predict(img, [sample(t) for t in sents])
+        single = [model.predict(img, [sample(t)])[0] for t in sents]
+        y, priors = model(img, [sample(t) for t in sents], mode='tensor')
+    assert len(joint) == 3 and y.shape == (3, 2, S // 4, S // 4) and len(priors) == 2
+    for a, b in zip(joint, single):
+        assert torch.allclose(a.seg_logits.data, b.seg_logits.data, atol=1e-5)
+    # different sentences → different outputs (the text is used)
+    assert not torch.allclose(joint[0].seg_logits.data, joint[1].seg_logits.data)
+
+
+def test_clear_errors():
+    model = build()
+    bad = batch()
+    del bad['data_samples'][1].text_ids
+    with pytest.raises(ValueError, match='TokenizeText'):
+        model.data_preprocessor(bad, training=True)
+    img = torch.zeros(2, 3, S, S)
+    with pytest.raises(ValueError, match='text_ids'):
+        model.predict(img, None)
+    with pytest.raises(ValueError, match='2 images but 3 sentences'):
+        model.loss(img, [sample([5])] * 3)
+    cfg = model_cfg()
+    cfg['test_cfg'] = dict(mode='slide', crop_size=(S, S), stride=(S, S))
+    with pytest.raises(ValueError, match='whole'):
+        MODELS.build(cfg)
+
+
+def test_preprocessor_stacks_without_size_and_normalises():
+    pre = MODELS.build(dict(type='RefSegDataPreProcessor', mean=[0, 0, 0], std=[2, 2, 2]))
+    out = pre(batch(), training=True)
+    assert out['inputs'].shape == (2, 3, S, S) and out['inputs'].dtype == torch.float32
+    assert torch.allclose(out['inputs'][0], batch()['inputs'][0].float() / 2)
+    assert out['data_samples'][0].text_ids.dtype == torch.long
+    mixed = batch()
+    mixed['inputs'][1] = torch.zeros(3, S, S + 4, dtype=torch.uint8)
+    with pytest.raises(ValueError, match='different sizes'):
+        pre(mixed, training=True)
+
+
+def test_stock_mmseg_head_under_a_query_backbone_trains_one_step():
+    """FPNHead with in_index=(0, 1, 2, 3) ignores Q (the last element)."""
+    cfg = model_cfg()
+    cfg['decode_head'] = dict(type='FPNHead', in_channels=list(IN_CH), in_index=[0, 1, 2, 3],
+                              feature_strides=[4, 8, 16, 32], channels=16, num_classes=2,
+                              out_channels=2, norm_cfg=dict(type='BN'), dropout_ratio=0.0)
+    torch.manual_seed(0)
+    model = MODELS.build(cfg)
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='AdamW', lr=1e-3)))
+    log = model.train_step(batch(), optim)
+    assert torch.isfinite(log['loss'])
+    with torch.no_grad():
+        out = model.eval().predict(model.data_preprocessor(batch())['inputs'],
+                                   batch()['data_samples'])
+    assert out[0].pred_sem_seg.shape == (S, S) and 'mask_priors' not in out[0]
