@@ -7,10 +7,12 @@ Importing this package (``import mmrefseg`` does) makes mmengine's local checkpo
 import importlib.util
 
 from ..utils import atomic_io
+from . import checkpoint_compat
 from .hooks import *  # noqa: F401,F403
 from .skip_bad_samples import SkipBadSamplesDataset
 
 atomic_io.apply()
+checkpoint_compat.apply()
 
 if importlib.util.find_spec(__name__ + '.runner_utils') is not None:
     from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)

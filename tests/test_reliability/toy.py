@@ -1,0 +1,71 @@
+"""A toy model + dataset that run through mmengine's Runner in about a second.
+
+Used by the reliability tests that exercise the engine (checkpoints, NaN guard) without the
+(slower) MPG-LQGNet model. Loss = mean((w·x - 2x)^2); a sample whose metainfo has
+``nan=True`` multiplies the batch loss by NaN.
+"""
+import torch
+from mmengine.model import BaseModel
+from mmengine.structures import BaseDataElement
+from torch.utils.data import Dataset
+
+
+class ToyModel(BaseModel):
+
+    def __init__(self):
+        super().__init__()
+        self.linear = torch.nn.Linear(1, 1, bias=False)
+        torch.nn.init.constant_(self.linear.weight, 0.5)
+
+    def forward(self, inputs, data_samples=None, mode='tensor'):
+        x = torch.stack(inputs).float()
+        out = self.linear(x)
+        if mode != 'loss':
+            return out
+        loss = ((out - 2 * x) ** 2).mean()
+        aux = out.abs().mean()
+        if data_samples and any(s.metainfo.get('nan', False) for s in data_samples):
+            loss = loss * float('nan')
+        return dict(loss_main=loss, loss_aux=0.1 * aux, acc=torch.tensor(0.5))
+
+
+class ToyDataset(Dataset):
+    """``n`` samples x = 1, 2, ...; indices in ``nan_idx`` produce a NaN loss."""
+
+    def __init__(self, n=16, nan_idx=()):
+        self.n = n
+        self.nan_idx = set(nan_idx)
+        self.metainfo = dict(name='toy')
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, idx):
+        sample = BaseDataElement(metainfo=dict(img_path=f'toy_{idx:03d}.jpg',
+                                               text=f'sentence {idx}',
+                                               nan=idx in self.nan_idx))
+        return dict(inputs=torch.tensor([float(idx % 4 + 1)]), data_samples=sample)
+
+
+def make_runner(work_dir, name, max_iters=4, nan_idx=(), custom_hooks=None, ckpt_interval=2,
+                max_keep_ckpts=-1, resume=False, n=16):
+    from mmengine.runner import Runner
+    return Runner(
+        model=ToyModel(),
+        work_dir=str(work_dir),
+        experiment_name=name,
+        train_dataloader=dict(
+            dataset=ToyDataset(n=n, nan_idx=nan_idx),
+            sampler=dict(type='DefaultSampler', shuffle=False),
+            batch_size=2, num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        default_hooks=dict(
+            checkpoint=dict(type='CheckpointHook', interval=ckpt_interval, by_epoch=False,
+                            max_keep_ckpts=max_keep_ckpts),
+            logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=custom_hooks,
+        default_scope='mmseg',
+        resume=resume,
+        log_level='WARNING')
