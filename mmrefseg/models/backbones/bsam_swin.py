@@ -146,6 +146,11 @@ class BSAMSwinTransformer(SwinTransformer):
                 if module is not None:
                     self.gates[str(i)] = module
 
+    def train(self, mode=True):
+        """mmseg's ``SwinTransformer.train`` returns None; return ``self`` like nn.Module."""
+        super().train(mode)
+        return self
+
     @property
     def num_queries(self):
         """K, the number of language queries returned."""

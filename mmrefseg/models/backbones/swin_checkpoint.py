@@ -34,7 +34,8 @@ from mmengine.runner import CheckpointLoader
 
 __all__ = [
     'detect_swin_layout', 'timm_to_official_swin', 'official_to_mmseg_swin',
-    'convert_swin_state_dict', 'resize_relative_position_tables', 'load_swin_pretrained'
+    'convert_swin_state_dict', 'resize_relative_position_table',
+    'resize_relative_position_tables', 'load_swin_pretrained'
 ]
 
 _BUFFERS = ('relative_position_index', 'attn_mask')
@@ -127,21 +128,28 @@ def convert_swin_state_dict(ckpt, num_stages=4):
     return sd, layout
 
 
+def resize_relative_position_table(table, length):
+    """Bicubic resize of one ``relative_position_bias_table`` ((2w-1)²×heads) to ``length``
+    rows, as the official Swin and mmseg do."""
+    (l1, heads), s1, s2 = table.shape, int(table.shape[0]**0.5), int(length**0.5)
+    if l1 == length:
+        return table
+    out = F.interpolate(
+        table.float().permute(1, 0).reshape(1, heads, s1, s1), size=(s2, s2), mode='bicubic')
+    return out.reshape(heads, length).permute(1, 0).contiguous().to(table.dtype)
+
+
 def resize_relative_position_tables(state_dict, model_state):
-    """Bicubic resize of ``relative_position_bias_table`` ((2w-1)²×heads) to the model's
-    window (as the official Swin and mmseg do). Returns the list of resized keys."""
+    """Resize every table of ``state_dict`` to the model's window (from the config).
+    Returns the list of resized keys."""
     resized = []
     for k in [k for k in state_dict if k.endswith('relative_position_bias_table')]:
         if k not in model_state:
             continue
-        src, dst = state_dict[k], model_state[k]
-        (l1, h1), (l2, h2) = src.shape, dst.shape
+        (l1, h1), (l2, h2) = state_dict[k].shape, model_state[k].shape
         if h1 != h2 or l1 == l2:
             continue
-        s1, s2 = int(l1**0.5), int(l2**0.5)
-        table = F.interpolate(
-            src.float().permute(1, 0).reshape(1, h1, s1, s1), size=(s2, s2), mode='bicubic')
-        state_dict[k] = table.reshape(h2, l2).permute(1, 0).contiguous().to(src.dtype)
+        state_dict[k] = resize_relative_position_table(state_dict[k], l2)
         resized.append(k)
     return resized
 
@@ -187,6 +195,7 @@ def load_swin_pretrained(model, filename, num_stages=4, logger='current'):
     incompatible = model.load_state_dict(sd, strict=False)
     missing = list(incompatible.missing_keys)
     unexpected = list(incompatible.unexpected_keys)
+    missing = [k for k in missing if not k.endswith(_BUFFERS)]  # derived buffers
     swin_missing = [k for k in missing if k.startswith(('patch_embed', 'stages', 'norm'))]
     other_missing = [k for k in missing if k not in swin_missing]
     print_log(
