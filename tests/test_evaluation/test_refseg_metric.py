@@ -1,0 +1,174 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""RefSegMetric: hand-computed values, both resolutions, per-sample dump, 2-process gloo."""
+import json
+import os.path as osp
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from mmengine.structures import PixelData
+from mmseg.structures import SegDataSample
+
+from mmrefseg.evaluation import RefSegMetric
+
+KEYS = ['oIoU', 'mIoU', 'P@0.5', 'P@0.6', 'P@0.7', 'P@0.8', 'P@0.9']
+
+
+def _mask(*pixels, shape=(4, 4)):
+    m = np.zeros(shape, np.int64)
+    for y, x in pixels:
+        m[y, x] = 1
+    return m
+
+
+SQUARE = [(0, 0), (0, 1), (1, 0), (1, 1)]
+# (pred pixels, gt pixels, I, U) on 4×4 images, one sentence each
+CASES = [
+    ([(0, 0), (0, 1), (0, 2), (0, 3)], SQUARE, 2, 6),  # IoU 1/3
+    ([(y, x) for y in range(4) for x in range(4)],) * 2 + (16, 16),  # IoU 1
+    ([], [(3, 3), (3, 2), (2, 3)], 0, 3),  # empty prediction: IoU 0
+    ([], [], 0, 0),  # empty prediction and ground truth: U = 0 → IoU 0
+    (SQUARE, [], 0, 4),  # empty ground truth
+    (SQUARE[:3], SQUARE, 3, 4),  # IoU 0.75
+    (SQUARE[:2], SQUARE, 2, 4),  # IoU exactly 0.5 counts for P@0.5
+]
+IOUS = [1 / 3, 1, 0, 0, 0, 0.75, 0.5]
+EXPECTED = {
+    'oIoU': 100 * 23 / 37,
+    'mIoU': 100 * sum(IOUS) / 7,
+    'P@0.5': 100 * 3 / 7, 'P@0.6': 100 * 2 / 7, 'P@0.7': 100 * 2 / 7,
+    'P@0.8': 100 / 7, 'P@0.9': 100 / 7,
+}
+
+
+def _sample(pred, gt, logits=None, img_shape=None, idx=0):
+    s = SegDataSample()
+    s.pred_sem_seg = PixelData(data=torch.as_tensor(pred)[None])
+    s.gt_sem_seg = PixelData(data=torch.as_tensor(gt)[None])
+    if logits is None:  # logits consistent with the prediction
+        logits = torch.stack([torch.zeros(pred.shape), torch.as_tensor(pred) * 2. - 1])
+    s.seg_logits = PixelData(data=torch.as_tensor(logits, dtype=torch.float32))
+    s.set_metainfo(dict(img_shape=img_shape or pred.shape, ori_shape=pred.shape,
+                        ref_id=100 + idx, sent_id=200 + idx, ann_id=300 + idx,
+                        image_id=400 + idx, text=f'sentence {idx}'))
+    return s
+
+
+def _case_samples():
+    return [_sample(_mask(*p), _mask(*g), idx=i) for i, (p, g, _, _) in enumerate(CASES)]
+
+
+def _evaluate(samples, as_dict=True, **kwargs):
+    metric = RefSegMetric(**kwargs)
+    metric.process({}, [s.to_dict() if as_dict else s for s in samples])
+    return metric, metric.evaluate(len(samples))
+
+
+@pytest.mark.parametrize('as_dict', [True, False])
+def test_hand_computed_values(as_dict):
+    metric, res = _evaluate(_case_samples(), as_dict=as_dict)
+    assert [(r['I'], r['U']) for r in _records(_case_samples())] == [c[2:] for c in CASES]
+    assert list(res) == KEYS + [f'resized/{k}' for k in KEYS]
+    for k, v in EXPECTED.items():
+        assert res[k] == pytest.approx(v)
+        assert res[f'resized/{k}'] == pytest.approx(v)  # img_shape = original size here
+
+
+def _records(samples):
+    metric = RefSegMetric()
+    metric.process({}, [s.to_dict() for s in samples])
+    return metric.results
+
+
+def test_resized_resolution_uses_logits_at_input_size():
+    # 4×4 original, 2×2 model input: bilinear ×0.5 averages 2×2 blocks of logits
+    pred = _mask((0, 0), (0, 1), (1, 0))
+    logits = torch.stack([torch.zeros(4, 4), torch.as_tensor(pred) * 2. - 1])
+    gt = _mask((0, 0))
+    s = _sample(pred, gt, logits=logits, img_shape=(2, 2))
+    _, res = _evaluate([s])
+    assert res['oIoU'] == pytest.approx(100 / 3)  # I 1, U 3 at 4×4
+    # block (0, 0) has logit mean 0.5 > 0 → foreground; GT nearest (floor) keeps pixel (0, 0)
+    assert res['resized/oIoU'] == pytest.approx(100.)
+    # PIL's convention samples pixel centres: GT pixel (1, 1) = 0 → I 0, U 1
+    _, res = _evaluate([s], gt_resize_mode='nearest-exact')
+    assert res['resized/oIoU'] == 0.0
+    _, res = _evaluate([s], resized_eval=False)
+    assert list(res) == KEYS
+
+
+def test_without_logits_falls_back_to_prediction():
+    s = _case_samples()[0]
+    del s.seg_logits
+    with pytest.warns(UserWarning, match='no "seg_logits"'):
+        _, res = _evaluate([s])
+    assert res['resized/oIoU'] == pytest.approx(100 / 3)
+
+
+def test_out_file(tmp_path):
+    out = str(tmp_path / 'sub' / 'per_sample.json')
+    _, res = _evaluate(_case_samples(), out_file=out)
+    with open(out) as f:
+        dump = json.load(f)
+    assert dump['metrics'] == pytest.approx(res)
+    first = dump['samples'][0]
+    assert first == dict(ref_id=100, sent_id=200, ann_id=300, image_id=400,
+                         text='sentence 0', I=2, U=6, IoU=pytest.approx(1 / 3), I_r=2,
+                         U_r=6, IoU_r=pytest.approx(1 / 3))
+    assert [d['IoU'] for d in dump['samples']] == pytest.approx(IOUS)
+
+
+def test_errors():
+    with pytest.raises(ValueError, match=r'iou_thrs must lie in \(0, 1\]'):
+        RefSegMetric(iou_thrs=(50,))
+    s = _sample(_mask(), np.zeros((5, 4), np.int64))
+    with pytest.raises(ValueError, match=r'prediction \(4, 4\) and ground truth \(5, 4\).*'
+                                         r'after Resize'):
+        RefSegMetric().process({}, [s.to_dict()])
+    with pytest.raises(KeyError, match='needs "pred_sem_seg" and "gt_sem_seg"'):
+        RefSegMetric().process({}, [dict(gt_sem_seg=dict(data=torch.zeros(1, 2, 2)))])
+
+
+def test_log_table(capsys):
+    metric = RefSegMetric()
+    metric.process({}, [s.to_dict() for s in _case_samples()])
+    table = metric._table(*[metric.compute_metrics(metric.results)] * 2, n=7)
+    assert 'resized (input size)' in table and '62.16' in table
+
+
+# ---------------------------------------------------------------- distributed
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _dist_worker(rank, port, out_dir):
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=2)
+    try:
+        samples = _case_samples()
+        # mmengine's DefaultSampler: pad 7 → 8 by repeating index 0, rank r takes r::2
+        indices = (list(range(7)) + [0])[rank::2]
+        metric = RefSegMetric(out_file=osp.join(out_dir, 'per_sample.json'))
+        for i in indices:  # one sample per batch
+            metric.process({}, [samples[i].to_dict()])
+        res = metric.evaluate(7)
+        with open(osp.join(out_dir, f'rank{rank}.json'), 'w') as f:
+            json.dump(res, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.dist
+def test_two_process_gloo_equals_one_process(tmp_path):
+    mp.spawn(_dist_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+    _, single = _evaluate(_case_samples())
+    for rank in (0, 1):  # evaluate() broadcasts the metrics to every rank
+        with open(tmp_path / f'rank{rank}.json') as f:
+            assert json.load(f) == pytest.approx(single)
+    with open(tmp_path / 'per_sample.json') as f:
+        assert [d['sent_id'] for d in json.load(f)['samples']] == list(range(200, 207))
