@@ -1,0 +1,144 @@
+"""NonFiniteLossHook: a NaN/Inf loss stops the run, or skips the optimizer step."""
+import socket
+
+import pytest
+import torch
+
+import mmrefseg  # noqa: F401
+from mmengine.hooks import Hook
+from mmrefseg.engine import NonFiniteLossHook
+
+from .toy import ToyModel, make_runner
+
+
+class _RecordWeight(Hook):
+
+    def __init__(self):
+        self.weights = []
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        self.weights.append(runner.model.linear.weight.item())
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(ValueError, match="nonfinite='ignore'.*'raise'.*'skip'"):
+        NonFiniteLossHook(nonfinite='ignore')
+    with pytest.raises(ValueError, match='max_consecutive=0'):
+        NonFiniteLossHook(nonfinite='skip', max_consecutive=0)
+
+
+def test_raise_names_iteration_terms_and_batch(tmp_path):
+    # batch size 2, no shuffle: sample 5 is in the 3rd batch -> iteration 3
+    runner = make_runner(tmp_path, 'nan_raise', max_iters=6, nan_idx=[5],
+                         custom_hooks=[dict(type='NonFiniteLossHook', nonfinite='raise')])
+    runner.register_hook(_rec := _RecordWeight())
+    with pytest.raises(FloatingPointError) as e:
+        runner.train()
+    msg = str(e.value)
+    assert 'Non-finite loss at iteration 3/6' in msg
+    assert 'loss=nan' in msg and 'loss_main=nan' in msg and 'loss_aux=' in msg and 'acc=0.5' in msg
+    assert 'toy_004.jpg' in msg and 'toy_005.jpg' in msg and "'sentence 5'" in msg
+    assert len(_rec.weights) == 2  # stopped before the bad step was applied
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+
+
+def test_skip_leaves_weights_untouched_and_counts(tmp_path, capsys):
+    rec = _RecordWeight()
+    runner = make_runner(tmp_path, 'nan_skip', max_iters=6, nan_idx=[5, 9],
+                         custom_hooks=[dict(type='NonFiniteLossHook', nonfinite='skip')])
+    runner.register_hook(rec)
+    runner.train()  # iterations 3 and 5 have NaN losses
+    w = rec.weights
+    assert len(w) == 6
+    # momentum SGD moves the weight on every applied step; the skipped ones change nothing
+    assert w[2] == w[1] and w[4] == w[3]
+    assert w[1] != w[0] and w[3] != w[2]
+    assert all(torch.isfinite(p).all() for p in runner.model.parameters())
+    assert runner.message_hub.get_info('nonfinite_skips') == 2
+    out = capsys.readouterr().out
+    assert 'Non-finite loss at iteration 3/6' in out and 'Optimizer step skipped (1 skipped' in out
+    assert 'Non-finite loss at iteration 5/6' in out and '(2 skipped so far, 1 in a row' in out
+    assert 'toy_009.jpg' in out
+    assert '2 optimizer step(s) were skipped' in out
+
+
+def test_skip_raises_after_max_consecutive(tmp_path):
+    runner = make_runner(tmp_path, 'nan_consec', max_iters=8, nan_idx=[4, 6, 8],
+                         custom_hooks=[dict(type='NonFiniteLossHook', nonfinite='skip',
+                                            max_consecutive=3)])
+    with pytest.raises(FloatingPointError, match=r'(?s)iteration 5/8.*3 consecutive'):
+        runner.train()
+
+
+def test_without_hook_nan_poisons_the_weights(tmp_path):
+    """The control: what the hook prevents (mmengine applies the NaN step silently)."""
+    runner = make_runner(tmp_path, 'nan_none', max_iters=4, nan_idx=[5])
+    runner.train()
+    assert not torch.isfinite(runner.model.linear.weight).all()
+
+
+# --------------------------------------------------------------------------- distributed
+def _free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _ddp_worker(rank, world_size, port, queue):
+    import types
+
+    import torch.distributed as dist
+    from mmengine.logging import MessageHub
+    from mmengine.model import MMDistributedDataParallel
+    from mmengine.optim import OptimWrapper
+    from mmengine.structures import BaseDataElement
+
+    from mmrefseg.engine import NonFiniteLossHook
+
+    dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
+                            world_size=world_size)
+    try:
+        model = MMDistributedDataParallel(ToyModel(), device_ids=None)
+        wrapper = OptimWrapper(torch.optim.SGD(model.parameters(), lr=0.1))
+        runner = types.SimpleNamespace(model=model, optim_wrapper=wrapper, iter=0, epoch=0,
+                                       max_iters=3,
+                                       message_hub=MessageHub.get_instance(f'ddp{rank}'))
+        hook = NonFiniteLossHook(nonfinite='skip')
+        hook.before_train(runner)
+        weights = []
+        for it in range(3):
+            runner.iter = it
+            nan = (it == 1 and rank == 1)  # only rank 1 sees a NaN, at iteration 2
+            batch = dict(inputs=[torch.tensor([1.0 + rank])],
+                         data_samples=[BaseDataElement(metainfo=dict(nan=nan))])
+            hook.before_train_iter(runner, it, batch)
+            model.train_step(batch, optim_wrapper=wrapper)
+            weights.append(model.module.linear.weight.item())
+        queue.put((rank, weights, hook.num_skipped))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ddp_skip_is_taken_by_all_ranks_without_hang():
+    """A NaN on one rank only: both ranks skip (all-reduced decision), no hang, no poison."""
+    import torch.multiprocessing as mp
+    ctx = mp.get_context('fork')  # no re-import of the test module (fast)
+    queue = ctx.Queue()
+    port = _free_port()
+    procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue)) for r in range(2)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=120)
+    alive = [p for p in procs if p.is_alive()]
+    for p in alive:
+        p.kill()
+    assert not alive, 'DDP workers hung'
+    assert all(p.exitcode == 0 for p in procs), [p.exitcode for p in procs]
+    results = dict((r, (w, n)) for r, w, n in (queue.get(timeout=5) for _ in range(2)))
+    w0, n0 = results[0]
+    w1, n1 = results[1]
+    assert n0 == n1 == 1
+    assert w0 == w1  # same weights on both ranks
+    assert w0[1] == w0[0] and w0[2] != w0[1]  # iteration 2 skipped everywhere
+    assert all(torch.isfinite(torch.tensor(w0)))
