@@ -1,5 +1,6 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """Shared fixtures: the tiny refer fixture (read-only path and writable copies)."""
+import json
 import os.path as osp
 import shutil
 
@@ -30,3 +31,18 @@ def tiny_copy(tmp_path):
     dst = tmp_path / 'tiny_refer'
     shutil.copytree(TINY_ROOT, dst)
     return str(dst)
+
+
+def edit_instances(root, edit):
+    """Apply ``edit(instances_dict)`` to ``root/refcoco/instances.json`` in place."""
+    path = osp.join(root, 'refcoco', 'instances.json')
+    with open(path) as f:
+        inst = json.load(f)
+    edit(inst)
+    with open(path, 'w') as f:
+        json.dump(inst, f)
+
+
+def drop_annotation(root, ann_id):
+    edit_instances(root, lambda inst: inst.update(
+        annotations=[a for a in inst['annotations'] if a['id'] != ann_id]))

@@ -1,12 +1,13 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """tools/dataset_converters/check_refer_data.py on the fixture and on broken copies."""
 import importlib.util
-import json
 import os
 import os.path as osp
 import re
 
 import pytest
+
+from .conftest import drop_annotation
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 _spec = importlib.util.spec_from_file_location(
@@ -34,12 +35,7 @@ def test_published_sizes_are_compared(tiny_root, capsys):
 def test_missing_image_and_annotation(tiny_copy, capsys):
     os.remove(osp.join(tiny_copy, 'images', 'mscoco', 'images', 'train2014',
                        '2011_000025.jpg'))
-    path = osp.join(tiny_copy, 'refcoco', 'instances.json')
-    with open(path) as f:
-        inst = json.load(f)
-    inst['annotations'] = [a for a in inst['annotations'] if a['id'] != 9000002]
-    with open(path, 'w') as f:
-        json.dump(inst, f)
+    drop_annotation(tiny_copy, 9000002)
     assert check.main([tiny_copy, '--no-size-check']) == 1
     err = capsys.readouterr().err
     assert '1 of 4 images missing from' in err and '2011_000025.jpg' in err

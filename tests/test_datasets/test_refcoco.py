@@ -1,6 +1,5 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """RefCOCODataset on the tiny refer fixture: splits, items, sentence modes, bad input."""
-import json
 import os
 import os.path as osp
 import pickle
@@ -13,6 +12,8 @@ import pytest
 
 from mmrefseg.datasets import RefCOCODataset
 from mmrefseg.datasets.refcoco import load_refs_pickle
+
+from .conftest import drop_annotation, edit_instances
 
 TEST_PIPELINE = [
     dict(type='LoadImageFromFile'),
@@ -176,12 +177,7 @@ def test_split_without_refs(tiny_copy):
 
 
 def test_annotation_missing_from_instances(tiny_copy):
-    path = osp.join(tiny_copy, 'refcoco', 'instances.json')
-    with open(path) as f:
-        inst = json.load(f)
-    inst['annotations'] = [a for a in inst['annotations'] if a['id'] != 2190842]
-    with open(path, 'w') as f:
-        json.dump(inst, f)
+    drop_annotation(tiny_copy, 2190842)
     with pytest.raises(KeyError, match=r'ref_id 1 names ann_id 2190842, which .*instances'
                                        r'\.json lacks.*same refcoco archive'):
         RefCOCODataset(data_root=tiny_copy)
@@ -214,14 +210,10 @@ def test_missing_and_corrupt_image(tiny_copy):
 
 
 def test_image_size_must_match_annotation(tiny_copy):
-    path = osp.join(tiny_copy, 'refcoco', 'instances.json')
-    with open(path) as f:
-        inst = json.load(f)
-    for im in inst['images']:
-        if im['id'] == 9000000:
-            im['height'] = 300
-    with open(path, 'w') as f:
-        json.dump(inst, f)
+    def shrink(inst):
+        next(im for im in inst['images'] if im['id'] == 9000000)['height'] = 300
+
+    edit_instances(tiny_copy, shrink)
     ds = RefCOCODataset(data_root=tiny_copy, split='val', test_mode=True,
                         pipeline=TEST_PIPELINE)
     with pytest.raises(ValueError, match=r'2011_000003\.jpg.*image file is 338×500 but '
