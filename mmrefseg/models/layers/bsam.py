@@ -18,7 +18,8 @@ stage output ``V_i`` (B×HW×C_i, tokens in row-major order) and the word featur
 Choices the paper leaves open (defaults follow LAVT's PWAM):
 
 * ``IN`` is an instance norm over the pixels of each channel, without affine parameters
-  (``norm_cfg=dict(type='IN1d')``; ``None`` switches it off).
+  (``norm_cfg=dict(type='IN1d')``; ``None`` switches it off). torch refuses it on a single
+  pixel, so with IN every stage map needs ≥ 2 pixels (inputs larger than 32 px).
 * All projections are linear layers (1×1 convolutions) with bias.
 * Neither softmax needs the attention map itself, so both directions run through
   :func:`torch.nn.functional.scaled_dot_product_attention` with the scale 1/√C_i of Eq 5:
