@@ -1,0 +1,113 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""BertTextEncoder: building from a config / a saved folder, outputs, masking, freezing."""
+import json
+import os.path as osp
+
+import pytest
+import torch
+
+import mmrefseg  # noqa: F401
+from mmrefseg.models.text_encoders import BertTextEncoder
+from mmseg.registry import MODELS
+
+TINY_BERT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                 intermediate_size=64, vocab_size=200, max_position_embeddings=64)
+DATA = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'data')
+IDS = torch.tensor([[101, 7, 8, 102, 0, 0], [101, 9, 10, 11, 12, 102]])
+MASK = (IDS != 0).long()
+
+
+def tiny(**kwargs):
+    torch.manual_seed(0)
+    return BertTextEncoder(config=TINY_BERT, pretrained=False, **kwargs)
+
+
+def test_forward_shapes_and_registry():
+    enc = MODELS.build(dict(type='BertTextEncoder', config=TINY_BERT, pretrained=False)).eval()
+    feats, mask = enc(IDS, MASK)
+    assert enc.embed_dims == 32
+    assert feats.shape == (2, 6, 32) and feats.dtype == torch.float32
+    assert mask is MASK
+    assert not hasattr(enc.bert, 'pooler') or enc.bert.pooler is None  # no pooling layer
+
+
+def test_padding_does_not_change_real_words():
+    enc = tiny().eval()
+    feats, _ = enc(IDS, MASK)
+    ids2 = IDS.clone()
+    ids2[0, 4:] = 55  # different ids under the padding mask
+    feats2, _ = enc(ids2, MASK)
+    torch.testing.assert_close(feats[0, :4], feats2[0, :4], atol=1e-5, rtol=1e-5)
+
+
+def test_save_pretrained_round_trip(tmp_path):
+    enc = tiny().eval()
+    enc.bert.save_pretrained(str(tmp_path))
+    loaded = BertTextEncoder(name_or_path=str(tmp_path)).eval()  # pretrained=True, offline
+    for a, b in zip(enc(IDS, MASK)[0], loaded(IDS, MASK)[0]):
+        torch.testing.assert_close(a, b)
+    # pretrained=False with a folder: its config, random weights
+    fresh = BertTextEncoder(name_or_path=str(tmp_path), pretrained=False)
+    assert fresh.embed_dims == 32
+    assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight,
+                           enc.bert.embeddings.word_embeddings.weight)
+
+
+def test_init_weights_keeps_loaded_weights(tmp_path):
+    enc = tiny()
+    before = enc.bert.encoder.layer[0].attention.self.query.weight.clone()
+    enc.init_weights()  # what a segmentor's init_weights calls
+    torch.testing.assert_close(enc.bert.encoder.layer[0].attention.self.query.weight, before)
+
+
+def test_config_from_json_and_default_is_bert_base(tmp_path):
+    path = tmp_path / 'config.json'
+    path.write_text(json.dumps(dict(TINY_BERT, model_type='bert')))
+    assert BertTextEncoder(config=str(path), pretrained=False).embed_dims == 32
+    assert BertTextEncoder(config=str(tmp_path), pretrained=False).embed_dims == 32
+    # the fixture's bert-base-uncased config.json parses to 768 / 12 layers (not built here)
+    from mmrefseg.models.text_encoders.bert import _build_config
+    cfg = _build_config(osp.join(DATA, 'bert-base-uncased', 'config.json'))
+    assert (cfg.hidden_size, cfg.num_hidden_layers, cfg.vocab_size) == (768, 12, 30522)
+
+
+def test_gradients_reach_every_parameter():
+    enc = tiny().train()
+    feats, _ = enc(IDS, MASK)
+    feats.square().mean().backward()
+    no_grad = [n for n, p in enc.named_parameters() if p.grad is None]
+    assert no_grad == []
+
+
+def test_freeze_whole_encoder():
+    enc = tiny(freeze=True)
+    enc.train()
+    assert not any(p.requires_grad for p in enc.parameters())
+    assert not enc.bert.training  # dropout off even in train mode
+    a, _ = enc(IDS, MASK)
+    b, _ = enc(IDS, MASK)
+    torch.testing.assert_close(a, b)
+
+
+def test_frozen_layers():
+    enc = tiny(frozen_layers=1)
+    enc.train()
+    assert not any(p.requires_grad for p in enc.bert.embeddings.parameters())
+    assert not any(p.requires_grad for p in enc.bert.encoder.layer[0].parameters())
+    assert all(p.requires_grad for p in enc.bert.encoder.layer[1].parameters())
+    assert not enc.bert.encoder.layer[0].training and enc.bert.encoder.layer[1].training
+    with pytest.raises(ValueError, match='frozen_layers=3'):
+        tiny(frozen_layers=3)
+
+
+def test_clear_errors(tmp_path):
+    missing = str(tmp_path / 'no_bert_here')
+    with pytest.raises(OSError, match='pretrained=False'):
+        BertTextEncoder(name_or_path=missing, hf_kwargs=dict(local_files_only=True))
+    with pytest.raises(FileNotFoundError, match='config.json'):
+        BertTextEncoder(config=missing, pretrained=False)
+    enc = tiny()
+    with pytest.raises(ValueError, match='vocab_size'):
+        enc(torch.tensor([[101, 500]]), torch.ones(1, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match='B×Nt'):
+        enc(IDS, MASK[:, :3])
