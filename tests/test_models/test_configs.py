@@ -1,0 +1,210 @@
+# Copyright (c) mmrefseg contributors. All rights reserved.
+"""Every config parses; the paper recipe is what §4.1 / DESIGN.md say; the tiny configs
+build; every ablation config, shrunk to tiny widths, builds, changes the module graph as
+the paper describes and trains with a gradient on every parameter it builds (so DDP needs
+no find_unused_parameters)."""
+import copy
+import glob
+import os.path as osp
+
+import pytest
+import torch
+from mmengine.config import Config, ConfigDict
+from mmengine.registry import init_default_scope
+from mmseg.registry import MODELS
+
+import mmrefseg  # noqa: F401
+
+ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+CONFIGS = sorted(
+    osp.relpath(p, ROOT) for p in glob.glob(osp.join(ROOT, 'configs', '**', '*.py'),
+                                            recursive=True))
+ABLATIONS = [c for c in CONFIGS if '/ablations/' in c]
+FULL = ['configs/mpg_lqgnet_swinb_refcoco.py', 'configs/mpg_lqgnet_swinb_refcoco+.py',
+        'configs/mpg_lqgnet_swinb_refcocog_umd.py', 'configs/mpg_lqgnet_swinb_refcocog_google.py']
+init_default_scope('mmseg')
+
+
+def load(path):
+    return Config.fromfile(osp.join(ROOT, path))
+
+
+def test_the_expected_configs_exist():
+    for path in FULL + ['configs/mpg_lqgnet_swinb_refcoco_1xb2-acc4.py',
+                        'configs/mpg_lqgnet_tiny_refer.py',
+                        'configs/_base_/models/mpg_lqgnet_tiny.py']:
+        assert path in CONFIGS, path
+    # one config per row of Tables 2 (7 rows), 3 (6 + ours), 4 (4 + ours), 5 (8), 6 (1 + ours)
+    tables = {t: [c for c in ABLATIONS if osp.basename(c).startswith(t + '_')]
+              for t in ('t2', 't3', 't4', 't5', 't6')}
+    assert {t: len(v) for t, v in tables.items()} == dict(t2=7, t3=6, t4=4, t5=8, t6=1)
+
+
+@pytest.mark.parametrize('path', CONFIGS)
+def test_every_config_parses(path):
+    cfg = load(path)
+    if '/_base_/' in path and 'model' not in cfg:
+        return
+    if '/_base_/' not in path:
+        assert cfg.default_scope == 'mmseg'
+        assert cfg.custom_imports == dict(imports=['mmrefseg'], allow_failed_imports=False)
+
+
+@pytest.mark.parametrize('path', FULL)
+def test_full_configs_follow_the_paper_recipe(path):
+    cfg = load(path)
+    opt = cfg.optim_wrapper
+    assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 1.5e-5
+    assert opt.optimizer.weight_decay == 0.01 and opt.clip_grad is None
+    assert opt.paramwise_cfg.norm_decay_mult == 0.0
+    assert opt.paramwise_cfg.custom_keys.relative_position_bias_table.decay_mult == 0.0
+    (poly, ) = cfg.param_scheduler
+    assert poly.type == 'PolyLR' and poly.power == 0.9 and poly.convert_to_iter_based
+    assert cfg.train_cfg.type == 'EpochBasedTrainLoop' and cfg.train_cfg.max_epochs == 35
+    assert cfg.train_cfg.val_interval == 1
+    assert cfg.train_dataloader.batch_size == 1  # × 8 GPUs = batch 8
+    assert cfg.default_hooks.checkpoint.save_best == 'oIoU'
+    m = cfg.model
+    assert m.type == 'RefEncoderDecoder'
+    assert m.text_encoder.name_or_path == 'bert-base-uncased' and m.text_encoder.pretrained
+    b = m.backbone
+    assert (b.embed_dims, b.depths, b.num_heads, b.window_size) == (128, [2, 2, 18, 2],
+                                                                     [4, 8, 16, 32], 12)
+    assert b.drop_path_rate == 0.3 and b.norm_cfg.type == 'SyncBN'
+    assert b.init_cfg.checkpoint == 'pretrain/swin_base_patch4_window12_384_22k.pth'
+    h = m.decode_head
+    assert (h.channels, h.num_layers, h.num_heads, h.prior_loss_weight) == (256, 6, 8, 0.1)
+    assert h.norm_cfg.type == 'SyncBN'
+    assert m.data_preprocessor.size == (448, 448)
+    pipeline = cfg.train_dataloader.dataset.pipeline
+    assert [t for t in pipeline if t.type == 'Resize'][0].scale == (448, 448)
+    assert [t for t in pipeline if t.type == 'TokenizeText'][0].max_length == 30
+
+
+def test_single_gpu_preset():
+    cfg = load('configs/mpg_lqgnet_swinb_refcoco_1xb2-acc4.py')
+    assert cfg.train_dataloader.batch_size == 2 and cfg.optim_wrapper.accumulative_counts == 4
+    assert cfg.model.backbone.norm_cfg.type == 'BN' and cfg.model.decode_head.norm_cfg.type == 'BN'
+    assert cfg.optim_wrapper.optimizer.lr == 1.5e-5
+
+
+# --------------------------------------------------------------------------- builds
+TINY = load('configs/_base_/models/mpg_lqgnet_tiny.py').model
+SIZE_KEYS = dict(
+    backbone=('pretrain_img_size', 'embed_dims', 'depths', 'num_heads', 'window_size',
+              'text_dims', 'query_dims', 'norm_cfg', 'init_cfg', 'drop_path_rate'),
+    decode_head=('in_channels', 'channels', 'decoder_channels', 'ffn_channels', 'norm_cfg'))
+
+
+def shrink(model_cfg):
+    """The same switches at the tiny widths (so a CPU test can build every ablation)."""
+    m = copy.deepcopy(model_cfg)
+    m.text_encoder = copy.deepcopy(TINY.text_encoder)
+    m.data_preprocessor.size = None
+    for part, keys in SIZE_KEYS.items():
+        for k in keys:
+            m[part][k] = copy.deepcopy(TINY[part][k])
+    return m
+
+
+def tiny_batch(n=2, s=64, seed=0):
+    from mmengine.structures import PixelData
+    from mmseg.structures import SegDataSample
+    g = torch.Generator().manual_seed(seed)
+    samples = []
+    for i in range(n):
+        ids = torch.tensor([101, 1996 + i, 4937, 102] + [0] * 4)
+        smp = SegDataSample()
+        smp.set_data(dict(text_ids=ids, text_mask=(ids > 0).long()))
+        smp.gt_sem_seg = PixelData(data=torch.randint(0, 2, (1, s, s), generator=g))
+        smp.set_metainfo(dict(img_shape=(s, s), ori_shape=(s, s)))
+        samples.append(smp)
+    imgs = [torch.randint(0, 256, (3, s, s), generator=g, dtype=torch.uint8) for _ in range(n)]
+    return dict(inputs=imgs, data_samples=samples)
+
+
+def build(model_cfg):
+    torch.manual_seed(0)
+    model = MODELS.build(ConfigDict(model_cfg))
+    return model
+
+
+def grads_everywhere(model):
+    data = model.data_preprocessor(tiny_batch(), training=True)
+    losses = model(**data, mode='loss')
+    total, _ = model.parse_losses(losses)
+    total.backward()
+    return losses, [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+
+
+def test_tiny_configs_build():
+    for path in CONFIGS:
+        cfg = load(path)
+        if 'model' not in cfg or cfg.model.backbone.get('embed_dims') == 128:
+            continue  # full Swin-B configs: parsed above, built only shrunk (ablations)
+        model = build(cfg.model)
+        assert model.decode_head is not None, path
+
+
+def _names(model, prefix):
+    """The module graph: parameter names and shapes, plus the CAFG paths' pooling flags."""
+    sig = {(n, tuple(p.shape)) for n, p in model.named_parameters() if n.startswith(prefix)}
+    sig |= {(n, 'pooled', m.pooled) for n, m in model.named_modules()
+            if n.startswith(prefix) and hasattr(m, 'pooled')}
+    return sig
+
+
+# a backward pass per distinct kind of graph (the other rows only change a count)
+GRAD_CHECK = {'t2_r1_tile_baseline', 't2_r2_tile_cafg', 't2_r3_bsam', 't2_r4_bsam_cafg',
+              't2_r5_bsam_lqpg', 't2_r6_no_prior_loss', 't3_queries_s12', 't3_queries_s4',
+              't4_gate_single', 't4_gate_spatial_channel', 't4_gate_spatial_spatial',
+              't4_gate_language_gate', 't5_lqpg_layers_1', 't6_no_coordconv'}
+
+
+@pytest.fixture(scope='module')
+def ours():
+    return build(shrink(load('configs/ablations/t2_r7_ours.py').model))
+
+
+@pytest.mark.parametrize('path', ABLATIONS)
+def test_ablation_builds_trains_and_changes_the_graph(path, ours):
+    if osp.basename(path) == 'ablation_base.py':
+        return
+    cfg = load(path)
+    model = build(shrink(cfg.model))
+    name = osp.basename(path)[:-3]
+    if name in GRAD_CHECK:
+        losses, missing = grads_everywhere(model)
+        assert not missing, f'{path}: parameters without gradient: {missing[:5]}'
+    else:
+        with torch.no_grad():
+            losses = model(**model.data_preprocessor(tiny_batch(), True), mode='loss')
+    b, h = cfg.model.backbone, cfg.model.decode_head
+    head = model.decode_head
+    n_prior = sum('loss_prior' in k for k in losses)
+    if name in ('t2_r7_ours', 't5_lqpg_layers_6'):
+        assert _names(model, '') == _names(ours, '')
+        return
+    assert _names(model, '') != _names(ours, ''), f'{path} builds the same graph as Ours'
+    if name.startswith('t2_r') and name[4] in '1234':  # baselines: plain head
+        assert head.lqpg is None and n_prior == 0
+        assert not [n for n, _ in model.named_parameters() if '.text_out.' in n]  # no W_ol
+        assert model.backbone.num_queries == 0
+    if b.get('fusion') == 'tile':
+        assert not _names(model, 'backbone.fusions.0.vis_q')
+    if b.get('gate') == 'none':
+        assert not [n for n, _ in model.named_parameters() if 'gate' in n]
+    if name == 't2_r5_bsam_lqpg':
+        assert head.lqpg is not None and n_prior == h.num_layers
+    if name == 't2_r6_no_prior_loss':
+        assert n_prior == 0 and list(head.lqpg.prior_heads) == [str(h.num_layers - 1)]
+    if name.startswith('t3_'):
+        k = len(b.query_stages)
+        assert model.backbone.num_queries == k and head.lqpg.num_queries == k
+    if name.startswith('t4_'):
+        assert _names(model, 'decode_head') == _names(ours, 'decode_head')
+    if name.startswith('t5_'):
+        assert len(head.lqpg.layers) == h.num_layers == n_prior
+        assert sum(hasattr(layer, 'ffn') for layer in head.lqpg.layers) == h.num_layers - 1
+    if name == 't6_no_coordconv':
+        assert head.conv_seg.in_channels == ours.decode_head.conv_seg.in_channels - 2
