@@ -43,8 +43,10 @@ command -v g++ >/dev/null 2>&1 || command -v c++ >/dev/null 2>&1 || \
 say "python $pyver at $(command -v "$PY")"
 
 # ---------------------------------------------------------------- 1. torch
-torch_ver=$("$PY" -c 'import torch; print(torch.__version__)' 2>/dev/null || true)
-if [[ -n "$torch_ver" && "$torch_ver" =~ $SUPPORTED_TORCH_RE ]] && "$PY" -c 'import torchvision' 2>/dev/null; then
+# (metadata only: importing torch costs seconds)
+torch_ver=$("$PY" -c 'import importlib.metadata as m; print(m.version("torch"))' 2>/dev/null || true)
+if [[ -n "$torch_ver" && "$torch_ver" =~ $SUPPORTED_TORCH_RE ]] && \
+   "$PY" -c 'import importlib.metadata as m; m.version("torchvision")' 2>/dev/null; then
   say "keeping the installed torch $torch_ver (supported: 2.13.x, 2.14.x)"
 else
   [[ -n "$torch_ver" ]] && say "torch $torch_ver is not a supported version (2.13.x / 2.14.x); installing $TORCH_SPEC"
@@ -55,8 +57,32 @@ fi
 
 # ---------------------------------------------------------------- 2. the pinned stack
 # Build tools first (mmcv is built without isolation against this torch), then the stack.
-pip_ install -q "setuptools>=64,<82" wheel ninja packaging
-pip_ install -q -r "$ROOT/requirements.txt"
+# Skipped when every requirement is already satisfied (a re-run then takes seconds).
+reqs_ok() {
+  "$PY" - "$ROOT/requirements.txt" <<'PY' 2>/dev/null
+import importlib.metadata as md
+import sys
+from packaging.requirements import Requirement
+lines = ['setuptools>=64,<82', 'wheel', 'ninja', 'packaging'] + open(sys.argv[1]).read().splitlines()
+for line in lines:
+    line = line.split('#', 1)[0].strip()
+    if not line:
+        continue
+    req = Requirement(line)
+    try:
+        have = md.version(req.name)
+    except md.PackageNotFoundError:
+        sys.exit(f'missing {req.name}')
+    if not req.specifier.contains(have, prereleases=True):
+        sys.exit(f'{req.name} {have} does not satisfy {line}')
+PY
+}
+if reqs_ok; then
+  say "requirements.txt already satisfied"
+else
+  pip_ install -q "setuptools>=64,<82" wheel ninja packaging
+  pip_ install -q -r "$ROOT/requirements.txt"
+fi
 
 # ---------------------------------------------------------------- 3. mmcv with compiled ops
 mmcv_ok() {
@@ -75,7 +101,8 @@ else
   if [[ -z "${FORCE_CUDA:-}" ]]; then
     if [[ "$has_cuda" == 1 ]] && command -v nvcc >/dev/null 2>&1; then FORCE_CUDA=1; else FORCE_CUDA=0; fi
   fi
-  tag="torch${torch_ver//+/_}-$([[ "$FORCE_CUDA" == 1 ]] && echo cuda || echo cpu)-py${pyver}"
+  torch_full=$("$PY" -c 'import torch; print(torch.__version__)')  # with the local tag (+cu130)
+  tag="torch${torch_full//+/_}-$([[ "$FORCE_CUDA" == 1 ]] && echo cuda || echo cpu)-py${pyver}"
   wheel_dir="$CACHE/wheels/$tag"
   whl=$(ls "$wheel_dir"/mmcv-"$MMCV_VERSION"-*.whl 2>/dev/null | head -n1 || true)
   if [[ -z "$whl" ]]; then
@@ -109,7 +136,11 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. mmrefseg itself
-pip_ install -q --no-deps --no-build-isolation -e "$ROOT"
+if "$PY" -c "import importlib.util as u, os, sys; s = u.find_spec('mmrefseg'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.abspath(s.origin))) != os.path.abspath(sys.argv[1]))" "$ROOT" 2>/dev/null; then
+  say "mmrefseg already installed (editable) from $ROOT"
+else
+  pip_ install -q --no-deps --no-build-isolation -e "$ROOT"
+fi
 
 # ---------------------------------------------------------------- 5. check
 "$PY" - <<'PY' || die "the installed stack does not import; see the traceback above."

@@ -21,6 +21,7 @@ import importlib.metadata as importlib_metadata
 import importlib.util
 import os.path as osp
 import pickle
+import warnings
 
 import numpy as np
 import torch
@@ -94,7 +95,9 @@ def _wrap_local_loader():
 
 def _patch_pkg_resources():
     try:
-        import pkg_resources  # noqa: F401
+        with warnings.catch_warnings():  # setuptools 81 warns that pkg_resources is deprecated
+            warnings.simplefilter('ignore')
+            import pkg_resources  # noqa: F401
         return
     except ImportError:
         pass

@@ -49,10 +49,14 @@ def test_runner_checkpoint_round_trip(tmp_path):
     np.testing.assert_array_equal(loaded['arr'], np.arange(4))
 
 
+class NotAllowListed:
+    """An arbitrary class: its pickle must not be executed by the safe loader."""
+
+
 def test_weights_only_stays_on_for_unknown_objects(tmp_path):
     """We allow-list; we do not switch torch's safe loading off."""
     path = str(tmp_path / 'evil.pth')
-    torch.save({'obj': collections.Counter(a=1)}, path)
+    torch.save({'obj': NotAllowListed()}, path)
     with pytest.raises(pickle.UnpicklingError) as e:
         _load_checkpoint(path, map_location='cpu')
     assert 'evil.pth' in str(e.value) and 'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD' in str(e.value)
@@ -73,7 +77,13 @@ def test_missing_checkpoint_names_the_file(tmp_path):
         _load_checkpoint(str(tmp_path / 'nothere.pth'))
 
 
-def test_pkg_resources_fallback(monkeypatch):
+def _mmseg_base_config(tmp_path):
+    path = tmp_path / 'uses_mmseg_base.py'
+    path.write_text("_base_ = ['mmseg::_base_/default_runtime.py']\n")
+    return str(path)
+
+
+def test_pkg_resources_fallback(monkeypatch, tmp_path):
     """Without pkg_resources (setuptools >= 82) mmengine still finds installed packages."""
     mods = ['mmengine.utils.package_utils', 'mmengine.utils', 'mmengine.config.config',
             'mmengine.hub.hub']
@@ -91,5 +101,5 @@ def test_pkg_resources_fallback(monkeypatch):
         mmseg.__path__[0].rsplit('/', 1)[0])
     assert package_utils.is_installed('mmsegmentation')
     assert not package_utils.is_installed('surely-not-a-package-xyz')
-    cfg = Config.fromfile('mmseg::_base_/default_runtime.py')
+    cfg = Config.fromfile(_mmseg_base_config(tmp_path))
     assert cfg.default_scope == 'mmseg'

@@ -74,8 +74,10 @@ def test_build_by_bare_name_from_config(tmp_path):
     assert list(out['text_mask']) == [1] * 8
 
 
-def test_mmseg_base_configs_resolve():
+def test_mmseg_base_configs_resolve(tmp_path):
     """``mmseg::`` bases need mmengine's package lookup (pkg_resources on setuptools < 82)."""
     from mmengine.config import Config
-    cfg = Config.fromfile('mmseg::_base_/default_runtime.py')
+    path = tmp_path / 'uses_mmseg_base.py'
+    path.write_text("_base_ = ['mmseg::_base_/default_runtime.py']\n")
+    cfg = Config.fromfile(str(path))
     assert cfg.default_scope == 'mmseg'
