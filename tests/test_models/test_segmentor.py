@@ -210,3 +210,57 @@ def test_stock_mmseg_head_under_a_query_backbone_trains_one_step():
         out = model.eval().predict(model.data_preprocessor(batch())['inputs'],
                                    batch()['data_samples'])
     assert out[0].pred_sem_seg.shape == (S, S) and 'mask_priors' not in out[0]
+
+
+# --------------------------------------------------------------------------- real tiny model
+def _tiny_cfg():
+    import os.path as osp
+
+    from mmengine.config import Config
+    root = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(root, 'configs/_base_/models/mpg_lqgnet_tiny.py'))
+    cfg.model.data_preprocessor.size = None
+    return cfg
+
+
+def _bert_batch(n=2):
+    data = batch(n)
+    for s, ids in zip(data['data_samples'], ([101, 1996, 4937, 102], [101, 2157, 102])):
+        ids = torch.tensor(ids + [0] * (NT - len(ids)))
+        s.set_data(dict(text_ids=ids, text_mask=(ids > 0).long()))
+    return data
+
+
+def test_tiny_mpg_lqgnet_one_backward_reaches_every_parameter():
+    cfg = _tiny_cfg()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    data = model.data_preprocessor(_bert_batch(), training=True)
+    x = model.extract_feat(data['inputs'], data['data_samples'])
+    assert [tuple(t.shape) for t in x] == [(2, 32, 16, 16), (2, 64, 8, 8), (2, 128, 4, 4),
+                                           (2, 256, 2, 2), (2, 4, 64)]
+    losses = model(**data, mode='loss')
+    assert {k for k in losses if 'loss' in k} == {'decode.loss_mask', 'decode.loss_prior_l0',
+                                                  'decode.loss_prior_l1'}
+    model.parse_losses(losses)[0].backward()
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    assert not missing
+
+
+def test_stock_fpn_head_under_the_bsam_backbone_trains_one_step_from_a_config():
+    cfg = _tiny_cfg()
+    cfg.model.decode_head = dict(
+        type='FPNHead', in_channels=[32, 64, 128, 256], in_index=[0, 1, 2, 3],
+        feature_strides=[4, 8, 16, 32], channels=16, num_classes=2, out_channels=2,
+        dropout_ratio=0.0, norm_cfg=dict(type='BN'))
+    # a stock head reads no queries: build none, so every parameter gets a gradient (DDP)
+    cfg.model.backbone.query_stages = ()
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    losses = model(**model.data_preprocessor(_bert_batch(), True), mode='loss')
+    model.parse_losses(losses)[0].backward()
+    assert not [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
+    model.zero_grad()
+    optim = build_optim_wrapper(model, dict(optimizer=dict(type='AdamW', lr=1e-4)))
+    log = model.train_step(_bert_batch(), optim)
+    assert torch.isfinite(log['loss'])
