@@ -25,6 +25,7 @@ Choices (LAVT's where the paper is silent):
 - The raw COCO ``segmentation`` (polygons or RLE) stays in the data list (it is serialized
   with it); :class:`~mmrefseg.datasets.transforms.LoadRefAnnotations` decodes it.
 """
+import gc
 import json
 import os.path as osp
 import pickle
@@ -82,6 +83,15 @@ def load_refs_pickle(path: str) -> List[dict]:
     return refs
 
 
+def _json_loads(data: bytes):
+    """``orjson.loads`` when installed (about 3× faster on RefCOCO's 100 MB), else json."""
+    try:
+        import orjson
+    except ImportError:
+        return json.loads(data)
+    return orjson.loads(data)
+
+
 def load_instances(path: str) -> dict:
     """Read ``instances.json`` with a clear error when it is missing or broken."""
     if not osp.isfile(path):
@@ -90,7 +100,7 @@ def load_instances(path: str) -> dict:
             f'so that DATA_ROOT/<dataset>/instances.json exists, or fix data_root.')
     try:
         with open(path, 'rb') as f:
-            instances = json.load(f)
+            instances = _json_loads(f.read())
     except (ValueError, UnicodeDecodeError) as e:
         raise ValueError(f'{path} is not valid JSON ({e}). Re-download it '
                          f'(docs/dataset_prepare.md).') from e
@@ -183,7 +193,20 @@ class RefCOCODataset(BaseSegDataset):
 
     # ------------------------------------------------------------------ loading
     def load_data_list(self) -> List[dict]:
-        """Read the refs pickle and ``instances.json`` into the data list."""
+        """Read the refs pickle and ``instances.json`` into the data list.
+
+        The cyclic garbage collector is paused meanwhile: the millions of small objects of a
+        parsed ``instances.json`` otherwise trigger repeated full collections (≈ 2× slower).
+        """
+        gc_was_enabled = gc.isenabled()
+        gc.disable()
+        try:
+            return self._load_data_list()
+        finally:
+            if gc_was_enabled:
+                gc.enable()
+
+    def _load_data_list(self) -> List[dict]:
         ann_path, ref_path = refer_paths(self.data_root, self.dataset, self.split_by)
         refs = load_refs_pickle(ref_path)
         refs = select_refs(refs, self.split)

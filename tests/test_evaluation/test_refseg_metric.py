@@ -91,11 +91,12 @@ def test_resized_resolution_uses_logits_at_input_size():
     s = _sample(pred, gt, logits=logits, img_shape=(2, 2))
     _, res = _evaluate([s])
     assert res['oIoU'] == pytest.approx(100 / 3)  # I 1, U 3 at 4×4
-    # block (0, 0) has logit mean 0.5 > 0 → foreground; GT nearest (floor) keeps pixel (0, 0)
-    assert res['resized/oIoU'] == pytest.approx(100.)
-    # PIL's convention samples pixel centres: GT pixel (1, 1) = 0 → I 0, U 1
-    _, res = _evaluate([s], gt_resize_mode='nearest-exact')
+    # block (0, 0) has logit mean 0.5 > 0 → foreground. The GT resized at pixel centres
+    # (PIL / LAVT, default) takes pixel (1, 1) = 0 → I 0, U 1
     assert res['resized/oIoU'] == 0.0
+    # floor(i * scale) (cv2 / mmcv) keeps pixel (0, 0) → I 1, U 1
+    _, res = _evaluate([s], gt_resize_mode='nearest')
+    assert res['resized/oIoU'] == pytest.approx(100.)
     _, res = _evaluate([s], resized_eval=False)
     assert list(res) == KEYS
 
@@ -172,3 +173,29 @@ def test_two_process_gloo_equals_one_process(tmp_path):
             assert json.load(f) == pytest.approx(single)
     with open(tmp_path / 'per_sample.json') as f:
         assert [d['sent_id'] for d in json.load(f)['samples']] == list(range(200, 207))
+
+
+def test_with_tiny_refer_samples():
+    """Samples straight from the tiny_refer pipeline, predictions = ground truth."""
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from mmrefseg.datasets import RefCOCODataset
+    init_default_scope('mmseg')
+    cfg = Config.fromfile('configs/_base_/datasets/tiny_refer.py')
+    kwargs = {k: v for k, v in cfg.test_dataloader.dataset.items() if k != 'type'}
+    kwargs['pipeline'][1]['scale'] = (64, 64)
+    ds = RefCOCODataset(**kwargs)
+    samples = []
+    for i in range(len(ds)):
+        s = ds[i]['data_samples']
+        gt = s.gt_sem_seg.data[0]
+        s.pred_sem_seg = PixelData(data=gt[None].clone())
+        s.seg_logits = PixelData(data=torch.stack([1. - gt, gt.float()]).float())
+        samples.append(s)
+    _, res = _evaluate(samples)
+    assert res['oIoU'] == 100. and res['P@0.9'] == 100.
+    assert 90. < res['resized/oIoU'] <= 100.
+    records = _records(samples)
+    assert [r['sent_id'] for r in records] == [6, 7, 8, 9]
+    assert records[0]['text'] == 'man with the black hat'

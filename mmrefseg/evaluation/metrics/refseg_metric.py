@@ -11,7 +11,8 @@ foreground (class 1) pixels, IoU = I / U, **IoU = 0 when U = 0** (LAVT).
   truth there).
 - **resized** resolution (keys prefixed ``resized/``, how LAVT-lineage papers report):
   ``seg_logits`` resized bilinearly to ``img_shape`` (the model input, 448×448) and argmaxed
-  there, vs the ground truth resized (nearest) to ``img_shape``.
+  there, vs the ground truth resized (nearest, at pixel centres as PIL / LAVT) to
+  ``img_shape``.
 
 Exactly one record (I, U, I_r, U_r, ids, text) is kept per sample, so mmengine's
 ``collect_results`` (which drops the padding of distributed shards by dataset size) gives
@@ -86,9 +87,10 @@ class RefSegMetric(BaseMetric):
         resized_eval (bool): also score at the model input size (``resized/`` keys).
             Defaults to True.
         gt_resize_mode (str): ``F.interpolate`` mode for resizing the ground truth in the
-            resized evaluation: ``'nearest'`` (cv2 / mmcv convention, what the training
-            pipeline feeds the model) or ``'nearest-exact'`` (PIL's, LAVT's). Defaults to
-            ``'nearest'``.
+            resized evaluation: ``'nearest-exact'`` (pixel centres: PIL's ``NEAREST``, which
+            LAVT uses, and the same sampling grid as the bilinear resize of the logits) or
+            ``'nearest'`` (``floor(i * scale)``: cv2 / mmcv's, what the training pipeline
+            uses for masks). Defaults to ``'nearest-exact'``.
         out_file (str, optional): dump every sample (ids, sentence, I, U, IoU at both
             resolutions) and the summary to this JSON file. Defaults to None.
         collect_device (str): ``'cpu'`` or ``'gpu'``. Defaults to ``'cpu'``.
@@ -98,7 +100,7 @@ class RefSegMetric(BaseMetric):
     def __init__(self,
                  iou_thrs: Sequence[float] = (0.5, 0.6, 0.7, 0.8, 0.9),
                  resized_eval: bool = True,
-                 gt_resize_mode: str = 'nearest',
+                 gt_resize_mode: str = 'nearest-exact',
                  out_file: Optional[str] = None,
                  collect_device: str = 'cpu',
                  prefix: Optional[str] = None,
