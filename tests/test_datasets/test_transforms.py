@@ -86,6 +86,11 @@ def test_load_ref_annotations():
                                         seg_fields=[], ori_shape=(h, w)))
     assert results['seg_fields'] == ['gt_seg_map']
     np.testing.assert_array_equal(results['gt_seg_map'], _reference(ann['segmentation'], h, w))
+    # without the annotation's size, the loaded image's is used
+    again = LoadRefAnnotations()(dict(segmentation=ann['segmentation'], ori_shape=(h, w)))
+    np.testing.assert_array_equal(again['gt_seg_map'], results['gt_seg_map'])
+    with pytest.raises(KeyError, match='needs "height" and "width"'):
+        LoadRefAnnotations()(dict(segmentation=ann['segmentation']))
 
 
 # ---------------------------------------------------------------- text

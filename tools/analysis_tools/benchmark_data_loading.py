@@ -132,8 +132,8 @@ def main(argv=None):
                 r = measure(dict(data_root=root, dataset=args.dataset,
                                  split_by=args.split_by, split=split, sentence_mode=mode))
                 print(f'{split:>6} {mode:>6} {r["items"]:>7} {r["build_s"]:>8.1f} '
-                      f'{r["cpu_s"]:>6.1f} {r["access_us"]:>7.1f} {r["rss_after_import_mb"]:>13.0f} '
-                      f'{r["peak_rss_mb"]:>11.0f}')
+                      f'{r["cpu_s"]:>6.1f} {r["access_us"]:>7.1f} '
+                      f'{r["rss_after_import_mb"]:>13.0f} {r["peak_rss_mb"]:>11.0f}')
     finally:
         if tmp:
             shutil.rmtree(tmp, ignore_errors=True)

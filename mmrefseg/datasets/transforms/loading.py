@@ -65,8 +65,9 @@ def decode_segmentation(segmentation, h: int, w: int) -> np.ndarray:
 class LoadRefAnnotations(BaseTransform):
     """Decode the referred object's mask.
 
-    Required keys: ``segmentation``, ``height``, ``width`` (optional: ``ori_shape``,
-    checked against ``height``/``width`` when an image was loaded, ``img_path``).
+    Required keys: ``segmentation`` and ``height``, ``width`` (the annotation's image size;
+    when absent, ``ori_shape`` of the loaded image is used). ``ori_shape``, when present, is
+    checked against ``height``/``width``.
 
     Added keys: ``gt_seg_map`` (uint8 ``H×W`` in {0, 1}, at the annotation's (= original)
     size); ``'gt_seg_map'`` is appended to ``seg_fields``. Put it before ``Resize`` for
@@ -75,9 +76,15 @@ class LoadRefAnnotations(BaseTransform):
     """
 
     def transform(self, results: dict) -> dict:
-        h, w = int(results['height']), int(results['width'])
         where = _where(results)
         ori = results.get('ori_shape')
+        if 'height' in results and 'width' in results:
+            h, w = int(results['height']), int(results['width'])
+        elif ori is not None:  # no annotation size: use the loaded image's
+            h, w = int(ori[0]), int(ori[1])
+        else:
+            raise KeyError(f'{where}: LoadRefAnnotations needs "height" and "width" (from the '
+                           'annotation file) or a loaded image ("ori_shape").')
         if ori is not None and tuple(ori[:2]) != (h, w):
             raise ValueError(
                 f'{where}: the image file is {ori[0]}×{ori[1]} but instances.json says '
