@@ -154,3 +154,16 @@ def test_converter_tool_output_loads_into_plain_mmseg_swin(reference, tmp_path):
     maps, last = swin_stage_outputs(plain, reference['x'])
     torch.testing.assert_close(maps[1], reference['inter'][1], atol=1e-5, rtol=1e-5)
     torch.testing.assert_close(last, reference['final'], atol=1e-5, rtol=1e-5)
+
+
+def test_our_own_segmentor_checkpoint_keeps_fusion_weights(tmp_path):
+    """A 'backbone.'-prefixed mmrefseg checkpoint: Swin AND fusion weights are restored."""
+    torch.manual_seed(1)
+    src = BSAMSwinTransformer(embed_dims=32, text_dims=16, query_dims=8, **ARCH)
+    src.init_weights()
+    path = str(tmp_path / 'ours.pth')
+    torch.save({'state_dict': {f'backbone.{k}': v for k, v in src.state_dict().items()},
+                'meta': {}}, path)
+    model = build_ours(path)
+    for k, v in src.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[k], v, msg=k)

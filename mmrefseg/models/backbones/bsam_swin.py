@@ -157,10 +157,15 @@ class BSAMSwinTransformer(SwinTransformer):
         return len(self.query_stages)
 
     def init_weights(self):
-        """Swin weights (converted from the official / timm layout when detected, see
-        :mod:`.swin_checkpoint`) or mmseg's Swin init; then every fusion / gate module's own
-        explicit init."""
-        if self.init_cfg is not None:
+        """mmseg's Swin init (no checkpoint) or the checkpoint's Swin weights (converted from
+        the official / timm layout when detected, see :mod:`.swin_checkpoint`); every fusion /
+        gate module gets its own explicit init first, so that an mmrefseg checkpoint holding
+        fusion weights overrides it."""
+        if self.init_cfg is None:
+            super().init_weights()  # trunc-normal Linear, LN 1/0 (mmseg's Swin)
+        for m in list(self.fusions) + list(self.gates.values()):
+            m.init_weights()  # explicit fusion init (see each module)
+        if self.init_cfg is not None:  # last: a file with fusion weights (ours) keeps them
             cfg = self.init_cfg if isinstance(self.init_cfg, dict) else {}
             checkpoint = cfg.get('checkpoint')
             if cfg.get('type') != 'Pretrained' or checkpoint is None:
@@ -168,10 +173,6 @@ class BSAMSwinTransformer(SwinTransformer):
                     f'BSAMSwinTransformer: init_cfg must be None or dict(type="Pretrained", '
                     f'checkpoint=<path or url>), got {self.init_cfg}.')
             load_swin_pretrained(self, checkpoint, num_stages=len(self.stages))
-        else:
-            super().init_weights()  # trunc-normal Linear, LN 1/0 (mmseg's Swin)
-        for m in list(self.fusions) + list(self.gates.values()):
-            m.init_weights()  # explicit fusion init (see each module)
         self._is_init = True
 
     def _check_inputs(self, img, text_feats, text_mask):
