@@ -46,6 +46,11 @@ def test_save_pretrained_round_trip(tmp_path):
     loaded = BertTextEncoder(name_or_path=str(tmp_path)).eval()  # pretrained=True, offline
     for a, b in zip(enc(IDS, MASK)[0], loaded(IDS, MASK)[0]):
         torch.testing.assert_close(a, b)
+    # a dict config with pretrained=True overrides single fields of the saved config
+    drop = BertTextEncoder(name_or_path=str(tmp_path), config=dict(hidden_dropout_prob=0.0))
+    assert drop.bert.config.hidden_dropout_prob == 0.0 and drop.embed_dims == 32
+    torch.testing.assert_close(drop.bert.embeddings.word_embeddings.weight,
+                               enc.bert.embeddings.word_embeddings.weight)
     # pretrained=False with a folder: its config, random weights
     fresh = BertTextEncoder(name_or_path=str(tmp_path), pretrained=False)
     assert fresh.embed_dims == 32

@@ -66,13 +66,14 @@ class BertTextEncoder(BaseModule):
     Args:
         name_or_path (str | None): hub name or local directory of a BERT checkpoint.
         config (dict | str | None): BertConfig kwargs or path to a config.json. With
-            ``pretrained=True`` it overrides the checkpoint's config.
+            ``pretrained=True`` a dict overrides single fields of the checkpoint's config
+            (e.g. ``dict(hidden_dropout_prob=0.)``) and a path replaces it.
         pretrained (bool): load the weights of ``name_or_path``. Default True.
         freeze (bool): freeze the whole encoder (no grad, kept in eval mode). Default False.
         frozen_layers (int): freeze the embeddings and the first ``frozen_layers`` encoder
             layers (0 = train everything, the paper's recipe). Default 0.
-        hf_kwargs (dict | None): extra kwargs for ``from_pretrained`` (e.g.
-            ``local_files_only=True``, ``attn_implementation='eager'``).
+        hf_kwargs (dict | None): extra kwargs for ``from_pretrained`` of the weights or
+            of the config (e.g. ``local_files_only=True``, ``cache_dir=...``).
         init_cfg: unused by the weights (see the module docstring); kept for mmengine.
 
     Attributes:
@@ -91,19 +92,21 @@ class BertTextEncoder(BaseModule):
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
         hf_kwargs = dict(hf_kwargs or {})
-        bert_config = _build_config(config)
         if pretrained and name_or_path is not None:
-            if bert_config is not None:
-                hf_kwargs['config'] = bert_config
+            if isinstance(config, dict):  # overrides of the checkpoint's own config
+                hf_kwargs.update(config)
+            elif config is not None:
+                hf_kwargs['config'] = _build_config(config)
             try:
                 self.bert = BertModel.from_pretrained(
                     name_or_path, add_pooling_layer=False, **hf_kwargs)
             except (OSError, ValueError) as err:
                 raise _load_error('weights', name_or_path, err) from err
         else:
+            bert_config = _build_config(config)
             if bert_config is None and name_or_path is not None:
                 try:
-                    bert_config = BertConfig.from_pretrained(name_or_path)
+                    bert_config = BertConfig.from_pretrained(name_or_path, **hf_kwargs)
                 except (OSError, ValueError) as err:
                     raise _load_error('config', name_or_path, err) from err
             if bert_config is None:
@@ -114,7 +117,7 @@ class BertTextEncoder(BaseModule):
                     'encoder starts from RANDOM weights. Set name_or_path (e.g. '
                     '"bert-base-uncased" or a local folder) to load BERT weights.',
                     logger='current', level=logging.WARNING)
-            self.bert = BertModel(bert_config, add_pooling_layer=False, **hf_kwargs)
+            self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.embed_dims = self.bert.config.hidden_size
         num_layers = self.bert.config.num_hidden_layers
         if not 0 <= frozen_layers <= num_layers:
