@@ -113,6 +113,16 @@ def test_truncation_keeps_sep():
     assert out['text_mask'].tolist() == [1] * 6
 
 
+def test_truncation_is_counted_and_logged_once(capsys):
+    t = TokenizeText(max_length=6)
+    for i in range(3):
+        t(dict(text='the lady with the blue shirt', ref_id=i))
+    t(dict(text='the lady with', ref_id=9))  # fits: 5 tokens
+    assert t.num_truncated == 3
+    out = capsys.readouterr()
+    assert (out.out + out.err).count('max_length=6 tokens was truncated (ref_id 0') <= 1
+
+
 def test_tokenizer_errors():
     with pytest.raises(ValueError, match=r"cannot load tokenizer 'no-such-bert'.*local "
                                          r'vocab\.txt'):

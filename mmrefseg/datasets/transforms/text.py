@@ -5,11 +5,13 @@ The paper (§4.1) caps sentences at 30 tokens. We truncate with the tokenizer (`
 stays the last real token); LAVT instead cuts the encoded ids at ``max_length``, which
 drops ``[SEP]`` from sentences longer than ``max_length - 2`` word pieces.
 """
+import logging
 import os.path as osp
 from typing import Dict
 
 import numpy as np
 from mmcv.transforms import BaseTransform
+from mmengine.logging import print_log
 
 from mmseg.registry import TRANSFORMS
 
@@ -79,6 +81,7 @@ class TokenizeText(BaseTransform):
         self.tokenizer = tokenizer
         self.max_length = max_length
         self.do_lower_case = do_lower_case
+        self.num_truncated = 0  # sentences cut to max_length (in this process)
         self._tok = build_tokenizer(tokenizer, do_lower_case)
 
     def transform(self, results: dict) -> dict:
@@ -89,9 +92,21 @@ class TokenizeText(BaseTransform):
                              f'{results.get("sent_id")}). Every item needs a non-empty "text".')
         enc = self._tok(text, max_length=self.max_length, padding='max_length',
                         truncation=True)
+        if enc['attention_mask'][-1] == 1 and self._too_long(text):
+            self.num_truncated += 1
+            if self.num_truncated == 1:
+                print_log(
+                    f'TokenizeText: a sentence longer than max_length={self.max_length} '
+                    f'tokens was truncated (ref_id {results.get("ref_id")}, sent_id '
+                    f'{results.get("sent_id")}: {text!r}); later ones are only counted.',
+                    logger='current', level=logging.WARNING)
         results['text_ids'] = np.asarray(enc['input_ids'], dtype=np.int64)
         results['text_mask'] = np.asarray(enc['attention_mask'], dtype=np.int64)
         return results
+
+    def _too_long(self, text: str) -> bool:
+        """Whether ``text`` needs more than ``max_length`` tokens with [CLS]/[SEP]."""
+        return len(self._tok(text, truncation=False)['input_ids']) > self.max_length
 
     def __getstate__(self):  # the HF tokenizer is rebuilt (from the cache) after pickling
         state = self.__dict__.copy()
