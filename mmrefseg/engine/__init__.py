@@ -1,5 +1,6 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
-"""Training-engine pieces: crash-safe checkpoint writes, NaN guard, bad-sample skipping.
+"""Training-engine pieces: crash-safe checkpoint writes, NaN guard, bad-sample skipping,
+mid-epoch resumption.
 
 Importing this package (``import mmrefseg`` does) makes mmengine's local checkpoint and
 ``last_checkpoint`` writes atomic (:mod:`mmrefseg.utils.atomic_io`).
@@ -9,6 +10,7 @@ import importlib.util
 from ..utils import atomic_io
 from . import checkpoint_compat
 from .hooks import *  # noqa: F401,F403
+from .resumable_epoch_loop import ResumableEpochBasedTrainLoop
 from .skip_bad_samples import SkipBadSamplesDataset
 
 atomic_io.apply()
@@ -17,4 +19,4 @@ checkpoint_compat.apply()
 if importlib.util.find_spec(__name__ + '.runner_utils') is not None:
     from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
 
-__all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook']
+__all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop']
