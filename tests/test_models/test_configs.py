@@ -155,10 +155,9 @@ def _names(model, prefix):
 
 
 # a backward pass per distinct kind of graph (the other rows only change a count)
-GRAD_CHECK = {'t2_r1_tile_baseline', 't2_r2_tile_cafg', 't2_r3_bsam', 't2_r4_bsam_cafg',
-              't2_r5_bsam_lqpg', 't2_r6_no_prior_loss', 't3_queries_s12', 't3_queries_s4',
-              't4_gate_single', 't4_gate_spatial_channel', 't4_gate_spatial_spatial',
-              't4_gate_language_gate', 't5_lqpg_layers_1', 't6_no_coordconv'}
+GRAD_CHECK = {'t2_r1_tile_baseline', 't2_r2_tile_cafg', 't2_r3_bsam', 't2_r5_bsam_lqpg',
+              't2_r6_no_prior_loss', 't3_queries_s4', 't4_gate_spatial_channel',
+              't4_gate_spatial_spatial', 't4_gate_language_gate', 't5_lqpg_layers_1'}
 
 
 @pytest.fixture(scope='module')
@@ -173,15 +172,13 @@ def test_ablation_builds_trains_and_changes_the_graph(path, ours):
     cfg = load(path)
     model = build(shrink(cfg.model))
     name = osp.basename(path)[:-3]
+    head = model.decode_head
+    n_prior = len(head.lqpg.prior_heads) if head.lqpg is not None else 0
     if name in GRAD_CHECK:
         losses, missing = grads_everywhere(model)
         assert not missing, f'{path}: parameters without gradient: {missing[:5]}'
-    else:
-        with torch.no_grad():
-            losses = model(**model.data_preprocessor(tiny_batch(), True), mode='loss')
+        n_prior = sum('loss_prior' in k for k in losses)
     b, h = cfg.model.backbone, cfg.model.decode_head
-    head = model.decode_head
-    n_prior = sum('loss_prior' in k for k in losses)
     if name in ('t2_r7_ours', 't5_lqpg_layers_6'):
         assert _names(model, '') == _names(ours, '')
         return
@@ -191,7 +188,7 @@ def test_ablation_builds_trains_and_changes_the_graph(path, ours):
         assert not [n for n, _ in model.named_parameters() if '.text_out.' in n]  # no W_ol
         assert model.backbone.num_queries == 0
     if b.get('fusion') == 'tile':
-        assert not _names(model, 'backbone.fusions.0.vis_q')
+        assert not [n for n, _ in model.named_parameters() if '.vis_query.' in n]  # no BSAM
     if b.get('gate') == 'none':
         assert not [n for n, _ in model.named_parameters() if 'gate' in n]
     if name == 't2_r5_bsam_lqpg':
