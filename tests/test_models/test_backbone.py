@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import mmrefseg  # noqa: F401
-from mmrefseg.models.backbones import BSAMSwinTransformer
 from mmrefseg.models.layers import BSAM, CAFG, LanguageGate, TileConcatFusion
 from mmseg.models.backbones.swin import SwinTransformer
 from mmseg.registry import MODELS

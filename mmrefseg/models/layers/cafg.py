@@ -24,7 +24,6 @@ Choices the paper leaves open:
   gradient in the first step. At init σ(CA_1) ≈ 0.5 on average.
 """
 import torch
-import torch.nn as nn
 from mmcv.cnn import ConvModule
 from mmengine.model import BaseModule
 

@@ -1,18 +1,16 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
-"""The fusion gates compared in Table 4, selected by name.
+"""The fusion gates compared in Table 4, selected by name (X = F_i + V_i).
 
-=====================  ==========================================================  ==========
-``gate=``              F_Gi                                                        Table 4
-=====================  ==========================================================  ==========
-``'cafg'``             F ⊙ σ(CA_1(X)) + CA_2(X), both paths after GAP (Eq 10-11)   Ours
-``'single'``           F ⊙ σ(CA_1(X)), GAP path only                               single-path CAFG
-``'spatial_channel'``  path 1 without GAP (per-pixel weights), path 2 as CAFG       spatial-channel AFG
-``'spatial_spatial'``  both paths without GAP                                       spatial-spatial AFG
-``'language_gate'``    F ⊙ tanh(Linear(ReLU(Linear(F)))) element-wise (LAVT)        Language Gate
-``'none'``             F (no module is built)                                      Table 2 rows 1, 3, 5
-=====================  ==========================================================  ==========
+- ``'cafg'`` (Ours): F ⊙ σ(CA_1(X)) + CA_2(X), both paths after GAP (Eq 10-11).
+- ``'single'`` (single-path CAFG): F ⊙ σ(CA_1(X)), the GAP path only.
+- ``'spatial_channel'`` (spatial-channel AFG): path 1 without GAP (per-pixel weights),
+  path 2 as CAFG.
+- ``'spatial_spatial'`` (spatial-spatial AFG): both paths without GAP.
+- ``'language_gate'`` (LAVT's Language Gate): F ⊙ tanh(Linear(ReLU(Linear(F)))),
+  element-wise.
+- ``'none'`` (Table 2 rows 1, 3, 5): F_Gi = F_i, no module is built.
 
-with X = F_i + V_i. In every case the backbone then feeds ``V'_i = F_Gi + V_i`` on.
+In every case the backbone then feeds ``V'_i = F_Gi + V_i`` on.
 """
 import torch.nn as nn
 from mmengine.model import BaseModule
