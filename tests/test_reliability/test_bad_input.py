@@ -74,6 +74,12 @@ def _set_sentence(text):
     return edit
 
 
+def _head(path, fraction):
+    with open(path, 'rb') as f:
+        data = f.read()
+    return data[:int(len(data) * fraction)]
+
+
 def _write(path, data):
     with open(path, 'wb') as f:
         f.write(data)
@@ -84,9 +90,9 @@ CASES = [
     ('corrupt image',
      lambda r: _write(osp.join(r, IMG_DIR, TRAIN_IMAGE), b'\xff\xd8\xff\xe0 garbage'),
      'train', {}, OSError, rf'{TRAIN_IMAGE} .*cannot be decoded.*Re-download'),
-    ('truncated image',
-     lambda r: _write(osp.join(r, IMG_DIR, TRAIN_IMAGE),
-                      open(osp.join(r, IMG_DIR, TRAIN_IMAGE), 'rb').read()[:200]),
+    ('truncated image',  # an interrupted download: the last 5% of the JPEG missing
+     lambda r: _write(osp.join(r, IMG_DIR, TRAIN_IMAGE), _head(osp.join(r, IMG_DIR,
+                                                                        TRAIN_IMAGE), 0.95)),
      'train', {}, OSError, rf'{TRAIN_IMAGE} .*cannot be decoded'),
     ('missing image', lambda r: os.remove(osp.join(r, IMG_DIR, TRAIN_IMAGE)),
      'train', {}, FileNotFoundError, rf'{TRAIN_IMAGE} .*is missing.*check_refer_data'),
