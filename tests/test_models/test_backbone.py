@@ -177,3 +177,17 @@ def test_parameter_counts_swin_b_widths():
     assert bsam == 9_808_256
     cafg = sum(p.numel() for c in (128, 256, 512) for p in CAFG(c).parameters())
     assert cafg == 2 * sum(2 * c * c // 4 + 2 * c // 4 + 2 * c for c in (128, 256, 512))
+
+
+def test_under_a_stock_mmseg_head():
+    """Mixing: a stock mmseg head with in_index=(0, 1, 2, 3) reads the four maps and ignores
+    Q. With query_stages=() nothing is left without a gradient (DDP-safe)."""
+    model = build(query_stages=())
+    head = MODELS.build(dict(type='UPerHead', in_channels=[32, 64, 128, 256],
+                             in_index=[0, 1, 2, 3], pool_scales=(1, 2), channels=16,
+                             num_classes=2, norm_cfg=dict(type='BN'), align_corners=False))
+    out = model(torch.randn(2, 3, 64, 64), *text())
+    logits = head(out)
+    assert logits.shape == (2, 2, 16, 16)
+    logits.square().mean().backward()
+    assert [n for n, p in model.named_parameters() if p.grad is None] == []
