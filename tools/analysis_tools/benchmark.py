@@ -17,6 +17,7 @@ seconds per image on a CPU.
 """
 import argparse
 import json
+import logging
 import os.path as osp
 import resource
 import sys
@@ -144,7 +145,14 @@ def bench_train(model, cfg, args, device, amp):
         else:
             enable_amp(tmp)
         optim_cfg = tmp.optim_wrapper
-    optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    from mmengine.logging import MMLogger
+    logger = MMLogger.get_current_instance()
+    level = logger.level
+    logger.setLevel(logging.WARNING)  # no per-parameter "paramwise_options" lines
+    try:
+        optim_wrapper = build_optim_wrapper(model, optim_cfg)
+    finally:
+        logger.setLevel(level)
     model.train()
 
     def step():
