@@ -30,11 +30,10 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model.utils import revert_sync_batchnorm  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401
-from mmrefseg.apis.dummy_batch import dummy_data_batch, text_max_length  # noqa: E402
+from mmrefseg.apis.measure import (build_model_for_measurement,  # noqa: E402
+                                   dummy_data_batch, text_max_length)
 from mmrefseg.engine.runner_utils import enable_amp  # noqa: E402
 
 
@@ -97,20 +96,6 @@ def _timeit(fn, warmup, iters, device):
         _sync(device)
         times.append(time.perf_counter() - t0)
     return times
-
-
-def build_model(cfg, checkpoint, device):
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    from mmseg.registry import MODELS
-    for value in cfg.model.values():  # no pretrained downloads
-        if isinstance(value, dict) and 'init_cfg' in value:
-            value.init_cfg = None
-    model = MODELS.build(cfg.model)
-    if checkpoint is not None:
-        from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu')
-    model = revert_sync_batchnorm(model)  # one process: plain BN
-    return model.to(device)
 
 
 def bench_inference(model, cfg, args, device, amp):
@@ -182,7 +167,7 @@ def main(argv=None):
     if args.cfg_options is not None:
         cfg.merge_from_dict(args.cfg_options)
 
-    model = build_model(cfg, args.checkpoint, device)
+    model = build_model_for_measurement(cfg, args.checkpoint, device)
     results = []
     for precision in precisions:
         amp = precision == 'amp'

@@ -25,12 +25,11 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.model.utils import revert_sync_batchnorm  # noqa: E402
-from mmengine.registry import init_default_scope  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401
-from mmrefseg.apis.dummy_batch import dummy_data_batch, text_max_length  # noqa: E402
+from mmrefseg.apis.measure import (build_model_for_measurement,  # noqa: E402
+                                   dummy_data_batch, text_max_length)
 
 TEXT_ENCODER_ATTR = 'text_encoder'
 
@@ -64,18 +63,6 @@ def _parse_shape(text) -> tuple:
         h, w = text.split('x')
         return int(h), int(w)
     return int(text), int(text)
-
-
-def build_model(cfg):
-    init_default_scope(cfg.get('default_scope', 'mmseg'))
-    from mmseg.registry import MODELS
-    cfg.model.train_cfg = None
-    for value in cfg.model.values():  # no pretrained downloads: weights do not matter here
-        if isinstance(value, dict) and 'init_cfg' in value:
-            value.init_cfg = None
-    model = revert_sync_batchnorm(MODELS.build(cfg.model))
-    model.eval()
-    return model
 
 
 def count_params(model) -> dict:
@@ -114,7 +101,7 @@ def main(argv=None):
     if args.text_len > max_length:
         raise ValueError(f'--text-len {args.text_len} exceeds the config\'s TokenizeText '
                          f'max_length={max_length}.')
-    model = build_model(cfg)
+    model = build_model_for_measurement(cfg).eval()
     result = dict(config=args.config, text_len=args.text_len, **count_params(model))
     result['macs'] = [count_macs(model, _parse_shape(s), args.text_len, max_length)
                       for s in args.shape]

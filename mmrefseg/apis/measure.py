@@ -1,11 +1,56 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
-"""A synthetic referring batch (random image, full-length sentence, random mask) for
-``tools/analysis_tools/get_flops.py`` and ``benchmark.py``: measures need no dataset."""
-from typing import Tuple
+"""Helpers of ``tools/analysis_tools/get_flops.py`` and ``benchmark.py``: a synthetic
+referring batch (random image, full-length sentence, box mask) and a model built without
+pretrained downloads - counting and timing need neither a dataset nor real weights."""
+import logging
+import os.path as osp
+from typing import Optional, Tuple
 
 import torch
+from mmengine.logging import print_log
 
-__all__ = ['dummy_data_batch', 'text_max_length']
+__all__ = ['dummy_data_batch', 'text_max_length', 'build_model_for_measurement']
+
+#: hub names whose architecture equals ``transformers.BertConfig()``'s defaults
+BERT_BASE_NAMES = ('bert-base-uncased', 'google-bert/bert-base-uncased')
+
+
+def build_model_for_measurement(cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
+    """The config's model with random weights (no Swin / BERT download), BN for SyncBN.
+
+    - every ``init_cfg`` (pretrained Swin) is dropped;
+    - a ``BertTextEncoder`` with ``pretrained=True`` is built with random weights: from its
+      ``config`` if given, from ``name_or_path`` if that is a local folder, and for the
+      ``bert-base-uncased`` hub name from ``BertConfig()`` (the same architecture), so no
+      network is needed; other hub names still need their config.json.
+    - ``checkpoint`` (optional) is loaded afterwards.
+    """
+    from mmengine.model.utils import revert_sync_batchnorm
+    from mmengine.registry import init_default_scope
+    init_default_scope(cfg.get('default_scope', 'mmseg'))
+    from mmseg.registry import MODELS
+    from .inference import _strip_init_cfg
+    cfg.model.train_cfg = cfg.model.get('train_cfg', None) or dict()
+    _strip_init_cfg(cfg.model)
+    text = cfg.model.get('text_encoder', None)
+    if text is not None and text.get('type') == 'BertTextEncoder' and text.get(
+            'pretrained', True):
+        text.pretrained = False
+        name = text.get('name_or_path', None)
+        if text.get('config', None) is None and name is not None and not osp.isdir(str(name)):
+            if name not in BERT_BASE_NAMES:
+                raise ValueError(
+                    f'cannot build the text encoder {name!r} offline: give its architecture '
+                    'with --cfg-options model.text_encoder.config=<config.json> (weights are '
+                    'not needed for counting or timing).')
+            text.name_or_path = None  # BertConfig() = bert-base-uncased's architecture
+        print_log('measurement model: random weights (pretrained Swin/BERT not loaded)',
+                  logger='current', level=logging.INFO)
+    model = MODELS.build(cfg.model)
+    if checkpoint is not None:
+        from mmengine.runner import load_checkpoint
+        load_checkpoint(model, checkpoint, map_location='cpu')
+    return revert_sync_batchnorm(model).to(device)
 
 #: bert-base-uncased ids of [CLS] / [SEP]; words are drawn from the ordinary word range
 CLS_ID, SEP_ID, WORD_RANGE = 101, 102, (1996, 29611)
