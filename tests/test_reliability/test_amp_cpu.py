@@ -28,7 +28,7 @@ def test_cpu_amp_wrapper_autocasts_to_bf16():
 def test_train_with_amp_on_cpu_has_finite_losses(tmp_path):
     n = 3
     config = write_config(tmp_path / 'cfg.py', n_iters=n,
-                          hooks="[dict(type='NonFiniteLossHook', nonfinite='raise')]")
+                          hooks=[dict(type='NonFiniteLossHook', nonfinite='raise')])
     _, log = run(train_cmd(config, tmp_path / 'work', '--amp'), timeout=300)
     assert "type='CPUAmpOptimWrapper'" in log
     losses = [r for r in scalars(tmp_path / 'work') if 'loss' in r]

@@ -13,12 +13,12 @@ from .tiny_run import dist_train_cmd, free_port, run, train_cmd, write_config
 
 # GroupNorm instead of BatchNorm: BN statistics are per process (SyncBN has no CPU
 # kernels), so only per-sample norms make 2 × batch 2 the same computation as 1 × batch 4.
-GN = "dict(type='GN', num_groups=1, requires_grad=True)"
+GN = dict(type='GN', num_groups=1, requires_grad=True)
 
 
 def test_one_worker_raising_ends_the_job_with_its_error(tmp_path):
     config = write_config(tmp_path / 'cfg.py', n_iters=3,
-                          hooks="[dict(type='RaiseOnRankHook', rank=1, at_iter=2)]")
+                          hooks=[dict(type='RaiseOnRankHook', rank=1, at_iter=2)])
     start = time.time()
     # rank 0 waits in DDP's all-reduce for rank 1, which raised: torchrun must end it
     rc, out = run(dist_train_cmd(config, tmp_path / 'work', 2), timeout=300, check=False,

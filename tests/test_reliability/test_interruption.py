@@ -36,7 +36,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     marker = tmp_path / 'paused'
     kill_config = write_config(
         tmp_path / 'cfg_kill.py', N_ITERS, CKPT_EVERY,
-        hooks=f"[dict(type='PauseAtIterHook', pause_at={KILL_AFTER}, marker={str(marker)!r})]")
+        hooks=[dict(type='PauseAtIterHook', pause_at=KILL_AFTER, marker=str(marker))])
 
     # 1. the uninterrupted reference
     run(train_cmd(config, ref_dir))
@@ -66,15 +66,15 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):
     assert 'resumed epoch: ' in log and f'iter: {CKPT_EVERY}' in log
     assert f'Advance dataloader {CKPT_EVERY} steps' in log
 
-    ref, run = _losses(ref_dir), _losses(run_dir)
+    ref, got = _losses(ref_dir), _losses(run_dir)
     assert sorted(ref) == list(range(1, N_ITERS + 1))
     # killed run: 1..KILL_AFTER; resumed run: CKPT_EVERY+1..N (iterations after the
     # checkpoint ran twice: once before the kill, once after the resume)
-    assert sorted(run) == list(range(1, N_ITERS + 1))
+    assert sorted(got) == list(range(1, N_ITERS + 1))
     for it in range(1, N_ITERS + 1):
         expected = 2 if CKPT_EVERY < it <= KILL_AFTER else 1
-        assert len(run[it]) == expected, (it, run[it])
-        for rec in run[it]:
+        assert len(got[it]) == expected, (it, got[it])
+        for rec in got[it]:
             for key, value in ref[it][0].items():
                 if 'loss' in key or key in ('lr', 'base_lr'):
                     assert rec[key] == pytest.approx(value, abs=1e-5, rel=0), (it, key)

@@ -13,64 +13,52 @@ import sys
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 HELPERS = osp.join(REPO, 'tests', 'data', 'reliability')
 
-CONFIG = '''
-_base_ = [{base!r}]
-custom_imports = dict(imports=['mmrefseg', 'reliability_hooks'], allow_failed_imports=False)
-img = (64, 64)  # fast; a multiple of the stride 32 (Swin pads to its window)
-norm_cfg = {norm_cfg}
-model = dict(
-    data_preprocessor=dict(size=img),
-    text_encoder=dict(config=dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)),
-    backbone=dict(drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0, norm_cfg=norm_cfg),
-    decode_head=dict(dropout_ratio=0.0, lqpg_dropout=0.0, norm_cfg=norm_cfg))
-train_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='LoadRefAnnotations'),
-    dict(type='Resize', scale=img, keep_ratio=False),
-    dict(type='TokenizeText', tokenizer='bert-base-uncased', max_length=30),
-    dict(type='PackRefSegInputs'),
-]
-test_pipeline = [
-    dict(type='LoadImageFromFile'),
-    dict(type='Resize', scale=img, keep_ratio=False),
-    dict(type='LoadRefAnnotations'),
-    dict(type='TokenizeText', tokenizer='bert-base-uncased', max_length=30),
-    dict(type='PackRefSegInputs'),
-]
-train_dataloader = dict(batch_size={batch}, num_workers=0, persistent_workers=False,
-                        dataset=dict(pipeline=train_pipeline, sentence_seed=0))
-val_dataloader = dict(batch_size=1, num_workers=0, persistent_workers=False,
-                      dataset=dict(pipeline=test_pipeline))
-param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end={n},
-                        by_epoch=False)]
-optim_wrapper = dict(optimizer=dict(lr=1e-3))
-train_cfg = dict(_delete_=True, type='IterBasedTrainLoop', max_iters={n}, val_interval={n})
-default_hooks = dict(checkpoint=dict(by_epoch=False, interval={c}, max_keep_ckpts=1,
-                                     save_best=None))
-log_processor = dict(by_epoch=False, window_size=1)
-randomness = dict(seed=0)
-custom_hooks = {hooks}
-'''
-
-NO_VAL = '''
-val_dataloader = None
-val_evaluator = None
-val_cfg = None
-test_dataloader = None
-test_evaluator = None
-test_cfg = None
-'''
+TINY_CONFIG = osp.join(REPO, 'configs', 'mpg_lqgnet_tiny_refer.py')
 
 
-def write_config(path, n_iters, ckpt_every=None, hooks='[]', batch=2, val=False,
-                 norm_cfg="dict(type='BN', requires_grad=True)"):
-    base = osp.join(REPO, 'configs', 'mpg_lqgnet_tiny_refer.py')
-    text = CONFIG.format(base=base, n=n_iters, c=ckpt_every or n_iters, hooks=hooks,
-                         batch=batch, norm_cfg=norm_cfg)
+def write_config(path, n_iters, ckpt_every=None, hooks=(), batch=2, val=False,
+                 norm_cfg=None, img=(64, 64)):
+    """Write a fast, deterministic variant of the tiny config to ``path``.
+
+    64×64 images (a multiple of the stride 32; Swin pads to its window), no dropout or
+    drop-path, ``sentence_seed=0``, ``num_workers=0``, ``n_iters`` iterations with the poly
+    schedule over them, a checkpoint every ``ckpt_every``, losses logged every iteration
+    unsmoothed (``window_size=1``), the test helper hooks importable.
+    """
+    from mmengine.config import Config
+    cfg = Config.fromfile(TINY_CONFIG)
+    cfg.custom_imports = dict(imports=['mmrefseg', 'reliability_hooks'],
+                              allow_failed_imports=False)
+    model = cfg.model
+    model.data_preprocessor.size = img
+    model.text_encoder.config.update(hidden_dropout_prob=0.0,
+                                     attention_probs_dropout_prob=0.0)
+    model.backbone.update(drop_path_rate=0.0, drop_rate=0.0, attn_drop_rate=0.0)
+    model.decode_head.update(dropout_ratio=0.0, lqpg_dropout=0.0)
+    if norm_cfg is not None:
+        model.backbone.norm_cfg = model.decode_head.norm_cfg = norm_cfg
+    for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
+        loader.update(num_workers=0, persistent_workers=False)
+        for t in loader.dataset.pipeline:
+            if t['type'] == 'Resize':
+                t['scale'] = img
+    cfg.train_dataloader.batch_size = batch
+    cfg.train_dataloader.dataset.sentence_seed = 0
+    cfg.val_dataloader.batch_size = 1
+    cfg.param_scheduler = [dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=n_iters,
+                                by_epoch=False)]
+    cfg.optim_wrapper.optimizer.lr = 1e-3
+    cfg.train_cfg = dict(type='IterBasedTrainLoop', max_iters=n_iters, val_interval=n_iters)
+    cfg.default_hooks.checkpoint.update(by_epoch=False, interval=ckpt_every or n_iters,
+                                        max_keep_ckpts=1, save_best=None)
+    cfg.log_processor = dict(by_epoch=False, window_size=1)
+    cfg.randomness = dict(seed=0)
+    cfg.custom_hooks = list(hooks)
     if not val:
-        text += NO_VAL
-    with open(path, 'w') as f:
-        f.write(text)
+        for key in ('val_dataloader', 'val_evaluator', 'val_cfg', 'test_dataloader',
+                    'test_evaluator', 'test_cfg'):
+            cfg[key] = None
+    cfg.dump(str(path))
     return str(path)
 
 
