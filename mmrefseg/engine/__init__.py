@@ -5,18 +5,13 @@ mid-epoch resumption.
 Importing this package (``import mmrefseg`` does) makes mmengine's local checkpoint and
 ``last_checkpoint`` writes atomic (:mod:`mmrefseg.utils.atomic_io`).
 """
-import importlib.util
-
 from ..utils import atomic_io
-from . import checkpoint_compat
+from . import checkpoint_compat, runner_utils  # noqa: F401  (runner_utils: CPUAmpOptimWrapper)
 from .hooks import *  # noqa: F401,F403
 from .resumable_epoch_loop import ResumableEpochBasedTrainLoop
 from .skip_bad_samples import SkipBadSamplesDataset
 
 atomic_io.apply()
 checkpoint_compat.apply()
-
-if importlib.util.find_spec(__name__ + '.runner_utils') is not None:
-    from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
 
 __all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop']
