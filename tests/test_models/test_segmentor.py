@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 from mmengine.optim import build_optim_wrapper
 from mmengine.registry import init_default_scope
 from mmengine.structures import PixelData
@@ -145,8 +146,14 @@ def test_predict_removes_padding():
     model = build().eval()
     model.data_preprocessor.test_cfg = dict(size=(S + 16, S + 16))  # pad right/bottom
     with torch.no_grad():
-        padded = model(**model.data_preprocessor(batch(ori_shape=(S, S))), mode='predict')
+        data = model.data_preprocessor(batch(ori_shape=(S, S)))
+        assert data['inputs'].shape[2:] == (S + 16, S + 16)
+        y, _ = model(data['inputs'], data['data_samples'], mode='tensor')
+        padded = model(**data, mode='predict')
     assert padded[0].seg_logits.shape == (S, S) and padded[0].mask_priors.shape == (S, S)
+    # logits resized to the padded input, then the top-left S×S kept (padding is right/bottom)
+    expect = F.interpolate(y[:1], size=(S + 16, S + 16), mode='bilinear')[0, :, :S, :S]
+    assert torch.allclose(padded[0].seg_logits.data, expect, atol=1e-5)
     assert tuple(padded[0].metainfo['img_padding_size']) == (0, 16, 0, 16)
 
 
