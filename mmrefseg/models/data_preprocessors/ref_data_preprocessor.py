@@ -20,7 +20,7 @@ __all__ = ['RefSegDataPreProcessor']
 
 @MODELS.register_module()
 class RefSegDataPreProcessor(SegDataPreProcessor):
-    """Args: as :class:`mmseg.models.SegDataPreProcessor`; ``text_keys`` are the data fields
+    """Args: as :class:`mmseg.models.SegDataPreProcessor`; ``text_keys`` = the data fields
     every sample must carry (``('text_ids', 'text_mask')``).
 
     Shapes: ``inputs`` list of 3×H×W → B×3×H×W float; samples keep ``text_ids``/``text_mask``
