@@ -142,3 +142,32 @@ def test_ddp_skip_is_taken_by_all_ranks_without_hang():
     assert w0 == w1  # same weights on both ranks
     assert w0[1] == w0[0] and w0[2] != w0[1]  # iteration 2 skipped everywhere
     assert all(torch.isfinite(torch.tensor(w0)))
+
+
+def test_skip_with_gradient_accumulation_drops_the_window(tmp_path):
+    """accumulative_counts=2: windows are iterations (1,2), (3,4), (5,6). A NaN at 3 drops
+    the window's gradients; iteration 4 then steps with its own gradient only."""
+    from mmengine.runner import Runner
+
+    from .toy import ToyDataset
+    rec = _RecordWeight()
+    runner = Runner(
+        model=ToyModel(), work_dir=str(tmp_path), experiment_name='nan_accum',
+        train_dataloader=dict(dataset=ToyDataset(n=16, nan_idx=[4]),
+                              sampler=dict(type='DefaultSampler', shuffle=False),
+                              batch_size=2, num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01), accumulative_counts=2),
+        train_cfg=dict(by_epoch=False, max_iters=6),
+        custom_hooks=[dict(type='NonFiniteLossHook', nonfinite='skip'), rec],
+        default_hooks=dict(checkpoint=None), default_scope='mmseg', log_level='WARNING')
+    runner.train()
+    w = rec.weights
+    assert w[0] == 0.5 and w[1] != w[0]  # window 1: step at iteration 2
+    assert w[2] == w[1]                   # iteration 3 skipped (no step anyway)
+    assert w[3] != w[2]                   # iteration 4 steps: the counter stayed aligned
+    # the step at 4 used iteration 4's gradient only: x = 3, 4 (indices 6, 7), w = w[2]
+    x = torch.tensor([3.0, 4.0])
+    grad = (2 * (w[2] * x - 2 * x) * x).mean() + 0.1 * torch.sign(torch.tensor(w[2])) * \
+        x.mean()
+    assert w[3] == pytest.approx(w[2] - 0.01 * grad.item() / 2, abs=1e-6)
+    assert runner.message_hub.get_info('nonfinite_skips') == 1
