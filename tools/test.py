@@ -12,7 +12,6 @@
   (``RefSegLocalVisualizer``) for every ``--show-interval``-th test batch.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -20,12 +19,12 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401  (torch.load allow-list before any checkpoint is read)
-from mmrefseg.engine.runner_utils import (check_config_file, set_work_dir,  # noqa: E402
-                                          setup_cpu_distributed)
+from mmrefseg.engine.runner_utils import (add_launcher_args, build_runner,  # noqa: E402
+                                          check_config_file, parse_launcher_args,
+                                          set_work_dir, setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -53,26 +52,8 @@ def parse_args(argv=None):
         help='draw every N-th test batch (default: the config\'s visualization hook '
         'interval)')
     parser.add_argument('--wait-time', type=float, default=2, help='the interval of show (s)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launcher_args(parser)
+    return parse_launcher_args(parser, argv)
 
 
 def trigger_visualization_hook(cfg, args):
@@ -131,11 +112,7 @@ def main(argv=None):
 
     setup_cpu_distributed(cfg, args.launcher)
 
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        from mmseg.registry import RUNNERS
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.test()
 
 

@@ -10,7 +10,6 @@ repository root is put on ``sys.path`` so this works from a clone without instal
 (see :mod:`mmrefseg.engine.runner_utils`); ``--amp`` is fp16 on CUDA and bf16 on CPU.
 """
 import argparse
-import os
 import os.path as osp
 import sys
 
@@ -18,12 +17,13 @@ REPO_ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
-from mmengine.config import Config, DictAction  # noqa: E402
-from mmengine.runner import Runner  # noqa: E402
+from mmengine.config import Config  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401  (torch.load allow-list before any checkpoint is read)
-from mmrefseg.engine.runner_utils import (check_config_file, enable_amp,  # noqa: E402
-                                          set_work_dir, setup_cpu_distributed)
+from mmrefseg.engine.runner_utils import (add_launcher_args, build_runner,  # noqa: E402
+                                          check_config_file, enable_amp,
+                                          parse_launcher_args, set_work_dir,
+                                          setup_cpu_distributed)
 
 
 def parse_args(argv=None):
@@ -42,27 +42,8 @@ def parse_args(argv=None):
         action='store_true',
         default=False,
         help='mixed-precision training (fp16 + loss scaling on CUDA, bf16 autocast on CPU)')
-    parser.add_argument(
-        '--cfg-options',
-        nargs='+',
-        action=DictAction,
-        help='override some settings in the used config, the key-value pair '
-        'in xxx=yyy format will be merged into config file. If the value to '
-        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
-        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
-        'Note that the quotation marks are necessary and that no white space '
-        'is allowed.')
-    parser.add_argument(
-        '--launcher',
-        choices=['none', 'pytorch', 'slurm', 'mpi'],
-        default='none',
-        help='job launcher')
-    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
-    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
-    args = parser.parse_args(argv)
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
-    return args
+    add_launcher_args(parser)
+    return parse_launcher_args(parser, argv)
 
 
 def main(argv=None):
@@ -90,11 +71,7 @@ def main(argv=None):
 
     setup_cpu_distributed(cfg, args.launcher)
 
-    if 'runner_type' not in cfg:
-        runner = Runner.from_cfg(cfg)
-    else:
-        from mmseg.registry import RUNNERS
-        runner = RUNNERS.build(cfg)
+    runner = build_runner(cfg)
     runner.train()
 
 

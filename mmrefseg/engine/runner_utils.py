@@ -32,7 +32,7 @@ from mmseg.registry import OPTIM_WRAPPERS
 
 __all__ = [
     'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp', 'set_work_dir',
-    'check_config_file'
+    'check_config_file', 'add_launcher_args', 'parse_launcher_args', 'build_runner'
 ]
 
 
@@ -62,6 +62,45 @@ class CPUAmpOptimWrapper(OptimWrapper):
         with super().optim_context(model), torch.autocast(device_type='cpu',
                                                           dtype=self.cast_dtype):
             yield
+
+
+def add_launcher_args(parser) -> None:
+    """``--cfg-options``, ``--launcher`` and ``--local-rank``, as mmseg's tools have them."""
+    from mmengine.config import DictAction
+    parser.add_argument(
+        '--cfg-options',
+        nargs='+',
+        action=DictAction,
+        help='override some settings in the used config, the key-value pair '
+        'in xxx=yyy format will be merged into config file. If the value to '
+        'be overwritten is a list, it should be like key="[a,b]" or key=a,b '
+        'It also allows nested list/tuple values, e.g. key="[(a,b),(c,d)]" '
+        'Note that the quotation marks are necessary and that no white space '
+        'is allowed.')
+    parser.add_argument(
+        '--launcher',
+        choices=['none', 'pytorch', 'slurm', 'mpi'],
+        default='none',
+        help='job launcher (pytorch/slurm also run on CPU, with gloo)')
+    # torch.distributed.launch passes --local-rank (torch >= 2.0) or --local_rank
+    parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
+
+
+def parse_launcher_args(parser, argv=None):
+    """``parser.parse_args`` + ``LOCAL_RANK`` exported from ``--local-rank`` if unset."""
+    args = parser.parse_args(argv)
+    if 'LOCAL_RANK' not in os.environ:
+        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    return args
+
+
+def build_runner(cfg):
+    """``Runner.from_cfg``, or the config's ``runner_type`` from mmseg's RUNNERS."""
+    if 'runner_type' not in cfg:
+        from mmengine.runner import Runner
+        return Runner.from_cfg(cfg)
+    from mmseg.registry import RUNNERS
+    return RUNNERS.build(cfg)
 
 
 def check_config_file(path: str) -> None:
