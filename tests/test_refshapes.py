@@ -75,6 +75,10 @@ def train_set(tmp_path_factory):
                             data_root=str(tmp_path_factory.mktemp('rs')))
 
 
+def _items(ds):
+    return [ds.get_data_info(i) for i in range(len(ds))]
+
+
 def _obj_index(item):
     return item['ann_id'] % 16
 
@@ -88,7 +92,7 @@ def test_item_format(train_set):
     assert item['img_path'].endswith('.png') and item['height'] == item['width'] == 128
     assert isinstance(item['segmentation']['counts'], str)
     assert item['template'] in TEMPLATES
-    assert len({d['ref_id'] for d in train_set.data_list}) == len(train_set)
+    assert len({d['ref_id'] for d in _items(train_set)}) == len(train_set)
 
 
 def test_determinism(train_set, tmp_path):
@@ -111,7 +115,7 @@ def test_determinism(train_set, tmp_path):
 
 def test_every_sentence_refers_to_exactly_its_object(train_set):
     assert len(train_set) >= 250
-    for item in train_set.data_list:
+    for item in _items(train_set):
         objs = train_set.scenes[item['image_id']]['objects']
         assert referents(item['text'], objs) == [_obj_index(item)], \
             (item['text'], item['template'], objs)
@@ -136,7 +140,7 @@ def test_masks_match_drawn_objects(train_set):
             assert o['area'] >= 0.75 * 0.5 * 24 ** 2  # no object below ~24 px
             for j in range(k):  # visible masks are disjoint
                 assert not (o['mask'] & scene['objects'][j]['mask']).any()
-    for item in train_set.data_list[:40]:  # the stored RLE is the drawn object
+    for item in _items(train_set)[:40]:  # the stored RLE is the drawn object
         o = render_scene(3, 'train', item['image_id'])['objects'][_obj_index(item)]
         rle = dict(item['segmentation'], counts=item['segmentation']['counts'].encode())
         m = mask_utils.decode(rle).astype(bool)
@@ -144,11 +148,11 @@ def test_masks_match_drawn_objects(train_set):
 
 
 def test_template_mix(train_set):
-    counts = Counter(d['template'] for d in train_set.data_list)
+    counts = Counter(d['template'] for d in _items(train_set))
     assert set(counts) == set(TEMPLATES), counts
     spatial = sum(counts[t] for t in SPATIAL_TEMPLATES) / len(train_set)
     assert spatial >= 0.30, counts
-    assert max(len(d['text'].split()) for d in train_set.data_list) <= 12
+    assert max(len(d['text'].split()) for d in _items(train_set)) <= 12
 
 
 def test_splits_hold_out_combinations(train_set, tmp_path):
@@ -158,7 +162,7 @@ def test_splits_hold_out_combinations(train_set, tmp_path):
         pairs = {(o['colour'], o['shape']) for s in ds.scenes for o in s['objects']}
         assert not pairs & set(HELD_OUT), pairs & set(HELD_OUT)
     assert len(test) >= 60
-    for item in test.data_list:
+    for item in _items(test):
         o = test.scenes[item['image_id']]['objects'][_obj_index(item)]
         assert (o['colour'], o['shape']) in HELD_OUT
         assert referents(item['text'], test.scenes[item['image_id']]['objects']) == \
@@ -172,11 +176,11 @@ def test_shuffle_text_takes_sentences_from_other_images(train_set):
                                 data_root=train_set.cache_dir.rsplit('/', 1)[0])
     assert len(shuffled) == len(train_set)
     own = {}
-    for d in train_set.data_list:
+    for d in _items(train_set):
         own.setdefault(d['image_id'], set()).add(d['text'])
-    all_texts = {d['text'] for d in train_set.data_list}
+    all_texts = {d['text'] for d in _items(train_set)}
     same = 0
-    for a, b in zip(shuffled.data_list, train_set.data_list):
+    for a, b in zip(_items(shuffled), _items(train_set)):
         assert a['segmentation'] == b['segmentation'] and a['img_path'] == b['img_path']
         assert a['text'] in all_texts
         same += a['text'] in own[a['image_id']]
@@ -195,7 +199,7 @@ def test_bad_arguments_name_the_value_and_fix(tmp_path):
 def test_template_weights_select_templates(tmp_path):
     only = RefShapesDataset(num_images=30, data_root=str(tmp_path),
                             template_weights={t: 0 for t in TEMPLATES if t != 'relation'})
-    assert {d['template'] for d in only.data_list} == {'relation'}
+    assert {d['template'] for d in _items(only)} == {'relation'}
 
 
 def test_runs_through_the_refcoco_pipeline(train_set):
@@ -203,12 +207,13 @@ def test_runs_through_the_refcoco_pipeline(train_set):
     names = ('LoadRefAnnotations', 'TokenizeText', 'PackRefSegInputs')
     if not all(TRANSFORMS.get(n) for n in names):
         pytest.skip('data transforms not registered yet')
-    from mmengine.dataset import Compose
+    from mmcv.transforms import Compose
     vocab = 'tests/data/bert-base-uncased/vocab.txt'
-    pipe = Compose([dict(type='LoadImageFromFile'), dict(type='LoadRefAnnotations'),
-                    dict(type='Resize', scale=(96, 96), keep_ratio=False),
-                    dict(type='TokenizeText', tokenizer=vocab, max_length=16),
-                    dict(type='PackRefSegInputs')])
+    pipe = Compose([TRANSFORMS.build(t) for t in (
+        dict(type='LoadImageFromFile'), dict(type='LoadRefAnnotations'),
+        dict(type='Resize', scale=(96, 96), keep_ratio=False),
+        dict(type='TokenizeText', tokenizer=vocab, max_length=16),
+        dict(type='PackRefSegInputs'))])
     out = pipe(train_set.get_data_info(0))
     sample = out['data_samples']
     assert out['inputs'].shape == (3, 96, 96)
