@@ -27,7 +27,7 @@ class _Record(Hook):
 
     def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
         idx = [s.metainfo['img_path'] for s in data_batch['data_samples']]
-        self.log.append((runner.iter, round(float(outputs['loss']), 7), batch_idx, idx))
+        self.log.append((runner.iter, round(outputs['loss'].item(), 7), batch_idx, idx))
         if self.crash_at is not None and runner.iter + 1 == self.crash_at:
             raise KeyboardInterrupt('simulated crash')
 
