@@ -7,8 +7,12 @@ env_cfg = dict(
     dist_cfg=dict(backend='nccl'),
 )
 vis_backends = [dict(type='LocalVisBackend')]
-visualizer = dict(type='SegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
+# image + mask + sentence, and a heatmap per LQPG mask prior (tools/test.py --show-dir)
+visualizer = dict(type='RefSegLocalVisualizer', vis_backends=vis_backends, name='visualizer')
 log_processor = dict(by_epoch=True)
 log_level = 'INFO'
 load_from = None
 resume = False
+# A NaN/Inf loss stops the run with the iteration and every loss term printed
+# ('skip' skips the optimizer step instead and raises after max_consecutive skips).
+custom_hooks = [dict(type='NonFiniteLossHook', nonfinite='raise')]

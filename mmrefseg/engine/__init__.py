@@ -6,12 +6,11 @@ Importing this package (``import mmrefseg`` does) makes mmengine's local checkpo
 ``last_checkpoint`` writes atomic (:mod:`mmrefseg.utils.atomic_io`).
 """
 from ..utils import atomic_io
-from . import checkpoint_compat, runner_utils  # noqa: F401  (runner_utils: CPUAmpOptimWrapper)
+from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
 from .hooks import *  # noqa: F401,F403
 from .resumable_epoch_loop import ResumableEpochBasedTrainLoop
 from .skip_bad_samples import SkipBadSamplesDataset
 
 atomic_io.apply()
-checkpoint_compat.apply()
 
 __all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop']

@@ -26,7 +26,7 @@ import warnings
 import numpy as np
 import torch
 
-__all__ = ['SAFE_GLOBALS', 'apply_all', 'load_checkpoint_file']
+__all__ = ['SAFE_GLOBALS', 'apply_all', 'load_checkpoint_file', 'restricted_getattr']
 
 
 def _numpy_globals():
@@ -50,6 +50,26 @@ def _mmengine_globals():
     return [HistoryBuffer, ConfigDict]
 
 
+def restricted_getattr(obj, name):
+    """``getattr`` for checkpoint unpickling: only ``HistoryBuffer.<statistics method>``.
+
+    A Runner checkpoint's ``message_hub`` pickles every ``HistoryBuffer`` with its
+    ``statistics_methods`` (``{'min': HistoryBuffer.min, ...}``); pickle protocol 2 writes a
+    method of a class as ``getattr(HistoryBuffer, 'min')``, so the file needs the global
+    ``builtins.getattr``. Allow-listing the real ``getattr`` would open the safe loader to
+    arbitrary attribute access (``getattr(type, ...)`` reaches any class), so the global is
+    mapped to this function instead.
+    """
+    from mmengine.logging import HistoryBuffer
+    if obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_') \
+            and callable(getattr(HistoryBuffer, name, None)):
+        return getattr(HistoryBuffer, name)
+    raise pickle.UnpicklingError(
+        f'checkpoint asks for getattr({obj!r}, {name!r}); the safe loader only allows the '
+        'statistics methods of mmengine HistoryBuffer. If you trust this file, load it with '
+        'TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1.')
+
+
 SAFE_GLOBALS = []
 
 
@@ -57,7 +77,8 @@ def _patch_torch_load():
     """Allow-list what mmengine checkpoints contain for ``weights_only`` loading."""
     if not hasattr(torch.serialization, 'add_safe_globals'):  # torch < 2.4
         return
-    SAFE_GLOBALS[:] = _numpy_globals() + _mmengine_globals()
+    SAFE_GLOBALS[:] = _numpy_globals() + _mmengine_globals() + [
+        (restricted_getattr, 'builtins.getattr')]
     torch.serialization.add_safe_globals(SAFE_GLOBALS)
     _wrap_local_loader()
 

@@ -60,7 +60,7 @@ def test_full_configs_follow_the_paper_recipe(path):
     assert opt.paramwise_cfg.custom_keys.relative_position_bias_table.decay_mult == 0.0
     (poly, ) = cfg.param_scheduler
     assert poly.type == 'PolyLR' and poly.power == 0.9 and poly.convert_to_iter_based
-    assert cfg.train_cfg.type == 'EpochBasedTrainLoop' and cfg.train_cfg.max_epochs == 35
+    assert cfg.train_cfg.type == 'ResumableEpochBasedTrainLoop' and cfg.train_cfg.max_epochs == 35
     assert cfg.train_cfg.val_interval == 1
     assert cfg.train_dataloader.batch_size == 1  # × 8 GPUs = batch 8
     assert cfg.default_hooks.checkpoint.save_best == 'oIoU'

@@ -8,7 +8,7 @@ from mmengine.logging import HistoryBuffer, MessageHub
 from mmengine.runner.checkpoint import _load_checkpoint
 
 import mmrefseg  # noqa: F401
-from mmrefseg.engine.checkpoint_compat import restricted_getattr
+from mmrefseg.utils.compat import restricted_getattr
 
 
 class _Gadget:

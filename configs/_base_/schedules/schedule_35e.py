@@ -18,7 +18,9 @@ param_scheduler = [
     dict(type='PolyLR', power=0.9, eta_min=0.0, begin=0, end=max_epochs, by_epoch=True,
          convert_to_iter_based=True)
 ]
-train_cfg = dict(type='EpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
+# mmengine's EpochBasedTrainLoop restarts a mid-epoch checkpoint from the epoch's start; ours
+# skips the batches already trained (the same as EpochBasedTrainLoop otherwise).
+train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=max_epochs, val_interval=1)
 val_cfg = dict(type='ValLoop')
 test_cfg = dict(type='TestLoop')
 default_hooks = dict(
