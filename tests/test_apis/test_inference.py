@@ -56,8 +56,8 @@ def test_single_string_batching_and_array_input_agree(model, results):
     assert len(one) == 1
     torch.testing.assert_close(one[0].seg_logits.data, results[1].seg_logits.data,
                                atol=1e-4, rtol=1e-4)
-    by_one = inference_model(model, IMAGE, TEXTS, batch_size=1)
-    for a, b in zip(by_one, results):
+    by_one = inference_model(model, IMAGE, TEXTS[:2], batch_size=1)
+    for a, b in zip(by_one, results[:2]):
         torch.testing.assert_close(a.seg_logits.data, b.seg_logits.data, atol=1e-4,
                                    rtol=1e-4)
     from_array = inference_model(model, mmcv.imread(IMAGE), TEXTS[:1])  # BGR array

@@ -136,8 +136,9 @@ def test_resume_continues_from_saved_iteration(trained, tmp_path):
 def test_dist_train_on_cpu_trains_and_evaluates(tmp_path):
     log = run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', str(tmp_path)],
               env=dict(PORT=free_port()))
-    assert 'Distributed training: True' in log or 'world_size: 2' in log.lower() \
-        or "'backend': 'gloo'" in log
+    # mmengine's environment block: world size 2 (printed as "GPU number"), gloo
+    assert 'Distributed training: True' in log and 'GPU number: 2' in log
+    assert "dist_cfg: {'backend': 'gloo'}" in log
     assert re.search(r'Iter\(train\) \[4/4\]', log)
     metrics_line(log)
     assert osp.isfile(tmp_path / 'iter_4.pth')
