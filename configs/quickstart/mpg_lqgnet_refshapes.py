@@ -72,7 +72,7 @@ val_dataloader = dict(
     num_workers=0,
     persistent_workers=False,
     sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(type=dataset_type, split='val', num_images=200, refs_per_image=2,
+    dataset=dict(type=dataset_type, split='val', num_images=150, refs_per_image=2,
                  seed=seed, img_size=img_size, data_root=data_root, test_mode=True,
                  pipeline=test_pipeline))
 test_dataloader = val_dataloader  # the held-out pairs: test_dataloader.dataset.split=test
@@ -80,7 +80,7 @@ val_evaluator = dict(type='RefSegMetric', resized_eval=False)  # input size = or
 test_evaluator = val_evaluator
 
 # Schedule: iteration based, AdamW from scratch, short warm-up then poly decay.
-max_iters = 3000
+max_iters = 4000
 val_interval = 500
 optim_wrapper = dict(
     type='OptimWrapper',
