@@ -3,7 +3,6 @@
 referring batch (random image, full-length sentence, box mask) and a model built without
 pretrained downloads - counting and timing need neither a dataset nor real weights."""
 import logging
-import os.path as osp
 from typing import Optional, Tuple
 
 import torch
@@ -11,18 +10,14 @@ from mmengine.logging import print_log
 
 __all__ = ['dummy_data_batch', 'text_max_length', 'build_model_for_measurement']
 
-#: hub names whose architecture equals ``transformers.BertConfig()``'s defaults
-BERT_BASE_NAMES = ('bert-base-uncased', 'google-bert/bert-base-uncased')
-
 
 def build_model_for_measurement(cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):
     """The config's model with random weights (no Swin / BERT download), BN for SyncBN.
 
     - every ``init_cfg`` (pretrained Swin) is dropped;
-    - a ``BertTextEncoder`` with ``pretrained=True`` is built with random weights: from its
-      ``config`` if given, from ``name_or_path`` if that is a local folder, and for the
-      ``bert-base-uncased`` hub name from ``BertConfig()`` (the same architecture), so no
-      network is needed; other hub names still need their config.json.
+    - ``init_weights`` is not called, so a ``BertTextEncoder`` keeps random weights (its
+      architecture: ``config``, a local folder, or bert-base-uncased's built-in config;
+      other hub names need their config.json from the HF cache);
     - ``checkpoint`` (optional) is loaded afterwards.
     """
     from mmengine.model.utils import revert_sync_batchnorm
@@ -32,20 +27,10 @@ def build_model_for_measurement(cfg, checkpoint: Optional[str] = None, device: s
     from .inference import _strip_init_cfg
     cfg.model.train_cfg = cfg.model.get('train_cfg', None) or dict()
     _strip_init_cfg(cfg.model)
-    text = cfg.model.get('text_encoder', None)
-    if text is not None and text.get('type') == 'BertTextEncoder' and text.get(
-            'pretrained', True):
-        text.pretrained = False
-        name = text.get('name_or_path', None)
-        if text.get('config', None) is None and name is not None and not osp.isdir(str(name)):
-            if name not in BERT_BASE_NAMES:
-                raise ValueError(
-                    f'cannot build the text encoder {name!r} offline: give its architecture '
-                    'with --cfg-options model.text_encoder.config=<config.json> (weights are '
-                    'not needed for counting or timing).')
-            text.name_or_path = None  # BertConfig() = bert-base-uncased's architecture
-        print_log('measurement model: random weights (pretrained Swin/BERT not loaded)',
-                  logger='current', level=logging.INFO)
+    # BertTextEncoder loads pretrained weights only in init_weights (not called here), and
+    # builds bert-base-uncased's architecture offline; other hub names need their config.
+    print_log('measurement model: random weights (pretrained Swin/BERT not loaded)',
+              logger='current', level=logging.INFO)
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         from mmengine.runner import load_checkpoint

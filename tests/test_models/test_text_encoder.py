@@ -44,10 +44,16 @@ def test_save_pretrained_round_trip(tmp_path):
     enc = tiny().eval()
     enc.bert.save_pretrained(str(tmp_path))
     loaded = BertTextEncoder(name_or_path=str(tmp_path)).eval()  # pretrained=True, offline
+    assert not torch.equal(loaded.bert.embeddings.word_embeddings.weight,
+                           enc.bert.embeddings.word_embeddings.weight)  # not loaded yet
+    param = loaded.bert.embeddings.word_embeddings.weight
+    loaded.init_weights()  # the Runner calls this when training starts
+    assert loaded.bert.embeddings.word_embeddings.weight is param  # in place (optimizer)
     for a, b in zip(enc(IDS, MASK)[0], loaded(IDS, MASK)[0]):
         torch.testing.assert_close(a, b)
     # a dict config with pretrained=True overrides single fields of the saved config
     drop = BertTextEncoder(name_or_path=str(tmp_path), config=dict(hidden_dropout_prob=0.0))
+    drop.init_weights()
     assert drop.bert.config.hidden_dropout_prob == 0.0 and drop.embed_dims == 32
     torch.testing.assert_close(drop.bert.embeddings.word_embeddings.weight,
                                enc.bert.embeddings.word_embeddings.weight)
@@ -56,6 +62,20 @@ def test_save_pretrained_round_trip(tmp_path):
     assert fresh.embed_dims == 32
     assert not torch.equal(fresh.bert.embeddings.word_embeddings.weight,
                            enc.bert.embeddings.word_embeddings.weight)
+
+
+def test_bert_base_architecture_offline_without_weights():
+    """A checkpoint of ours holds the BERT weights: building for test needs no download."""
+    from mmrefseg.models.text_encoders.bert import _build_config
+    enc = BertTextEncoder(name_or_path='bert-base-uncased')  # no network here
+    ref = _build_config(osp.join(DATA, 'bert-base-uncased', 'config.json'))
+    for key in ('hidden_size', 'num_hidden_layers', 'num_attention_heads',
+                'intermediate_size', 'vocab_size', 'max_position_embeddings',
+                'type_vocab_size', 'hidden_act', 'layer_norm_eps'):
+        assert getattr(enc.bert.config, key) == getattr(ref, key), key
+    with pytest.raises(OSError, match='bert-base-uncased'):
+        BertTextEncoder(name_or_path='bert-base-uncased',
+                        hf_kwargs=dict(local_files_only=True)).init_weights()
 
 
 def test_init_weights_keeps_loaded_weights(tmp_path):
@@ -109,6 +129,11 @@ def test_clear_errors(tmp_path):
     missing = str(tmp_path / 'no_bert_here')
     with pytest.raises(OSError, match='pretrained=False'):
         BertTextEncoder(name_or_path=missing, hf_kwargs=dict(local_files_only=True))
+    with pytest.raises(OSError, match='pretrained=False'):  # the weights, at init_weights
+        folder = tmp_path / 'config_only'
+        folder.mkdir()
+        (folder / 'config.json').write_text(json.dumps(dict(TINY_BERT, model_type='bert')))
+        BertTextEncoder(name_or_path=str(folder)).init_weights()
     with pytest.raises(FileNotFoundError, match='config.json'):
         BertTextEncoder(config=missing, pretrained=False)
     enc = tiny()

@@ -5,20 +5,24 @@
 word mask, as in LAVT. The segmentor builds it from a ``text_encoder=dict(...)`` key (mmseg's
 ``neck`` slot runs after the backbone, so it cannot hold a language model).
 
-Three ways to build it:
+The architecture is built in ``__init__`` and the pretrained weights are loaded in
+``init_weights`` — mmseg's convention, which mmengine's Runner follows: it calls
+``init_weights`` when **training** starts, while ``tools/test.py``, ``init_model`` and the
+demo load an mmrefseg checkpoint that already holds every BERT weight. So testing a trained
+model never needs the BERT download.
 
 * ``name_or_path='bert-base-uncased'`` (or a local directory written by
-  ``save_pretrained``) and ``pretrained=True``: ``BertModel.from_pretrained(...,
-  add_pooling_layer=False)``. A local directory works offline; a hub name needs network
-  access or the HF cache.
+  ``save_pretrained``) and ``pretrained=True``: the architecture from that config
+  (bert-base-uncased's is built in, offline), and ``init_weights`` copies the weights of
+  ``BertModel.from_pretrained(..., add_pooling_layer=False)`` into it. A local directory works
+  offline; a hub name needs network access or the HF cache at training start.
 * ``pretrained=False``: random weights from ``config`` (a dict of ``BertConfig`` kwargs, or
   a path to a ``config.json`` / a directory holding one), else from ``name_or_path``'s
   config, else bert-base-uncased's (``BertConfig()`` defaults). Fully offline.
 * ``name_or_path=None`` with ``pretrained=True``: random weights too, with a warning.
 
-mmengine's ``init_weights`` leaves the module alone (transformers initialised it, or loaded
-pretrained weights): we override it so that a segmentor's ``init_weights`` never re-draws
-pretrained BERT weights.
+With ``pretrained=False`` ``init_weights`` leaves transformers' initialisation alone, so a
+segmentor's ``init_weights`` never re-draws the text encoder.
 """
 import logging
 import os.path as osp
@@ -29,7 +33,13 @@ from transformers import BertConfig, BertModel
 
 from mmseg.registry import MODELS
 
-__all__ = ['BertTextEncoder']
+__all__ = ['BertTextEncoder', 'BUILTIN_CONFIGS']
+
+#: configs known offline; ``BertConfig()``'s defaults are bert-base-uncased's config.json
+BUILTIN_CONFIGS = {'bert-base-uncased': {}, 'google-bert/bert-base-uncased': {}}
+#: ``hf_kwargs`` that ``BertConfig.from_pretrained`` understands
+_CONFIG_KWARGS = ('cache_dir', 'local_files_only', 'revision', 'token', 'force_download',
+                  'proxies')
 
 
 def _build_config(config):
@@ -76,6 +86,10 @@ class BertTextEncoder(BaseModule):
             of the config (e.g. ``local_files_only=True``, ``cache_dir=...``).
         init_cfg: unused by the weights (see the module docstring); kept for mmengine.
 
+    Note:
+        With ``pretrained=True`` the weights are loaded by :meth:`init_weights` (the Runner
+        calls it when training starts); call it yourself when you use the module alone.
+
     Attributes:
         embed_dims (int): C_t, the hidden size.
 
@@ -91,33 +105,27 @@ class BertTextEncoder(BaseModule):
                  hf_kwargs=None,
                  init_cfg=None):
         super().__init__(init_cfg=init_cfg)
-        hf_kwargs = dict(hf_kwargs or {})
-        if pretrained and name_or_path is not None:
-            if isinstance(config, dict):  # overrides of the checkpoint's own config
-                hf_kwargs.update(config)
-            elif config is not None:
-                hf_kwargs['config'] = _build_config(config)
-            try:
-                self.bert = BertModel.from_pretrained(
-                    name_or_path, add_pooling_layer=False, **hf_kwargs)
-            except (OSError, ValueError) as err:
-                raise _load_error('weights', name_or_path, err) from err
+        self.name_or_path = name_or_path
+        self.pretrained = bool(pretrained and name_or_path is not None)
+        self.hf_kwargs = dict(hf_kwargs or {})
+        if self.pretrained and isinstance(config, dict):
+            # overrides of single fields of the checkpoint's own config
+            bert_config = self._config_of(name_or_path, self.hf_kwargs)
+            for key, value in config.items():
+                setattr(bert_config, key, value)
         else:
             bert_config = _build_config(config)
             if bert_config is None and name_or_path is not None:
-                try:
-                    bert_config = BertConfig.from_pretrained(name_or_path, **hf_kwargs)
-                except (OSError, ValueError) as err:
-                    raise _load_error('config', name_or_path, err) from err
-            if bert_config is None:
-                bert_config = BertConfig()  # bert-base-uncased
-            if pretrained:
-                print_log(
-                    'BertTextEncoder: pretrained=True but no name_or_path given; the text '
-                    'encoder starts from RANDOM weights. Set name_or_path (e.g. '
-                    '"bert-base-uncased" or a local folder) to load BERT weights.',
-                    logger='current', level=logging.WARNING)
-            self.bert = BertModel(bert_config, add_pooling_layer=False)
+                bert_config = self._config_of(name_or_path, self.hf_kwargs)
+        if bert_config is None:
+            bert_config = BertConfig()  # bert-base-uncased
+        if pretrained and name_or_path is None:
+            print_log(
+                'BertTextEncoder: pretrained=True but no name_or_path given; the text '
+                'encoder starts from RANDOM weights. Set name_or_path (e.g. '
+                '"bert-base-uncased" or a local folder) to load BERT weights.',
+                logger='current', level=logging.WARNING)
+        self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.embed_dims = self.bert.config.hidden_size
         num_layers = self.bert.config.num_hidden_layers
         if not 0 <= frozen_layers <= num_layers:
@@ -147,8 +155,32 @@ class BertTextEncoder(BaseModule):
             m.eval()
         return self
 
+    @staticmethod
+    def _config_of(name_or_path, hf_kwargs):
+        """The BertConfig of a local folder, a built-in name, or a hub name (cache/network)."""
+        if not osp.isdir(str(name_or_path)) and name_or_path in BUILTIN_CONFIGS:
+            return BertConfig(**BUILTIN_CONFIGS[name_or_path])
+        kwargs = {k: v for k, v in hf_kwargs.items() if k in _CONFIG_KWARGS}
+        try:
+            return BertConfig.from_pretrained(name_or_path, **kwargs)
+        except (OSError, ValueError) as err:
+            raise _load_error('config', name_or_path, err) from err
+
     def init_weights(self):
-        """Keep transformers' initialisation / the loaded pretrained weights."""
+        """Load the pretrained weights (``pretrained=True``), in place, else keep
+        transformers' initialisation. Called by the Runner when training starts."""
+        if self.pretrained and not self._is_init:
+            try:
+                loaded = BertModel.from_pretrained(
+                    self.name_or_path, config=self.bert.config, add_pooling_layer=False,
+                    **self.hf_kwargs)
+            except Exception as err:  # transformers raises OSError/ValueError/AttributeError
+                # when files are missing, depending on the version and what is cached
+                raise _load_error('weights', self.name_or_path, err) from err
+            # in place: the optimizer may already hold these parameters
+            self.bert.load_state_dict(loaded.state_dict())
+            print_log(f'BertTextEncoder: loaded pretrained weights of {self.name_or_path}',
+                      logger='current')
         self._is_init = True
 
     def forward(self, input_ids, attention_mask):
