@@ -219,3 +219,38 @@ def test_runs_through_the_refcoco_pipeline(train_set):
     assert out['inputs'].shape == (3, 96, 96)
     assert sample.gt_sem_seg.data.shape == (1, 96, 96)
     assert sample.text_ids.shape == (16,) and int(sample.text_mask.sum()) >= 4
+
+
+def _report_module():
+    import importlib.util
+    import os.path as osp
+    path = osp.join(osp.dirname(osp.dirname(osp.abspath(__file__))), 'tools',
+                    'analysis_tools', 'refshapes_report.py')
+    spec = importlib.util.spec_from_file_location('refshapes_report', path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_report_per_template_and_curve(tmp_path):
+    report = _report_module()
+    items = {0: dict(template='colour', text='a'), 1: dict(template='colour', text='b'),
+             2: dict(template='shape', text='c')}
+    samples = [dict(ref_id=0, text='a', I=5, U=10), dict(ref_id=1, text='b', I=0, U=0),
+               dict(ref_id=2, text='c', I=3, U=6)]
+    out = report.per_template(samples, items)
+    assert list(out) == ['colour', 'shape', 'all']
+    assert out['colour'] == dict(n=2, oIoU=50.0, mIoU=25.0)  # IoU = 0 when U = 0
+    assert out['all']['oIoU'] == pytest.approx(50.0)
+    assert out['all']['mIoU'] == pytest.approx(100 / 3)
+    with pytest.raises(KeyError, match='--cfg-options'):  # dump of another split
+        report.per_template([dict(ref_id=0, text='the red circle', I=1, U=1)], items)
+    run = tmp_path / '20260101_000000'
+    run.mkdir()
+    (run / '20260101_000000.log').write_text(
+        '2026/01/01 00:00:00 - mmengine - INFO - start\n'
+        '2026/01/01 00:01:40 - mmengine - INFO - Iter(train) [ 500/4000]  loss: 0.5\n'
+        '2026/01/01 00:01:50 - mmengine - INFO - Iter(val) [19/19]    oIoU: 38.5735  '
+        'mIoU: 41.1612  P@0.5: 34.3333\n')
+    assert report.read_curve(str(tmp_path)) == [
+        (500, 110.0, dict(oIoU=38.5735, mIoU=41.1612, **{'P@0.5': 34.3333}))]

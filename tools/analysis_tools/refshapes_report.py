@@ -10,7 +10,8 @@
 
 The metric's dump (``RefSegMetric(out_file=...)``) holds one record per sample with its
 ``ref_id``; the template of each ``ref_id`` comes from the dataset the config describes
-(regenerated deterministically from its seed if the cache is gone).
+(regenerated deterministically from its seed if the cache is gone); pass the dump's
+``--cfg-options`` (e.g. ``test_dataloader.dataset.split=test``) to the report as well.
 """
 import argparse
 import glob
@@ -26,20 +27,23 @@ if REPO_ROOT not in sys.path:
     sys.path.insert(0, REPO_ROOT)
 
 
-def per_template(samples, templates):
+def per_template(samples, items):
     """``{template: dict(n, oIoU, mIoU)}`` (percent), plus ``'all'``.
 
     Args:
-        samples (list[dict]): metric records with ``ref_id``, ``I``, ``U``.
-        templates (dict): ``ref_id`` → template name.
+        samples (list[dict]): metric records with ``ref_id``, ``text``, ``I``, ``U``.
+        items (dict): ``ref_id`` → dataset item (``template``, ``text``).
     """
     groups = defaultdict(list)
     for s in samples:
-        if s['ref_id'] not in templates:
-            raise KeyError(f'refshapes_report: ref_id {s["ref_id"]} of the dump is not in the '
-                           'dataset of the config: dump and config describe different data '
-                           '(split, seed, num_images?).')
-        groups[templates[s['ref_id']]].append(s)
+        item = items.get(s['ref_id'])
+        if item is None or ('text' in s and s['text'] != item['text']):
+            raise KeyError(
+                f'refshapes_report: ref_id {s["ref_id"]} ({s.get("text")!r}) of the dump is not '
+                f'in the dataset of the config: dump and config describe different data. Pass '
+                f'the options the dump was made with, e.g. --cfg-options '
+                f'test_dataloader.dataset.split=test.')
+        groups[item['template']].append(s)
         groups['all'].append(s)
     out = OrderedDict()
     for name in sorted(groups, key=lambda n: (n == 'all', n)):
@@ -80,6 +84,7 @@ def read_curve(work_dir):
 
 
 def parse_args():
+    from mmengine.config import DictAction
     p = argparse.ArgumentParser(description='RefShapes per-template IoU')
     p.add_argument('config', help='the RefShapes config the dump was made with')
     p.add_argument('dump', nargs='?', help='RefSegMetric out_file JSON')
@@ -88,6 +93,8 @@ def parse_args():
                         'test_dataloader)')
     p.add_argument('--log', help='work_dir of the training run: print the val curve')
     p.add_argument('--out', help='write the report as JSON here')
+    p.add_argument('--cfg-options', nargs='+', action=DictAction,
+                   help='the --cfg-options the dump was made with (split, seed, ...)')
     return p.parse_args()
 
 
@@ -100,15 +107,16 @@ def main():
         import mmrefseg  # noqa: F401
         from mmseg.registry import DATASETS
         cfg = Config.fromfile(args.config)
+        if args.cfg_options:
+            cfg.merge_from_dict(args.cfg_options)
         init_default_scope('mmseg')
         ds_cfg = cfg[args.split_key]['dataset'].copy()
         ds_cfg['pipeline'] = []
         dataset = DATASETS.build(ds_cfg)
         items = [dataset.get_data_info(i) for i in range(len(dataset))]
-        templates = {d['ref_id']: d['template'] for d in items}
         with open(args.dump) as f:
             samples = json.load(f)['samples']
-        report['per_template'] = per_template(samples, templates)
+        report['per_template'] = per_template(samples, {d['ref_id']: d for d in items})
         print(f'{"template":<14}{"n":>6}{"oIoU":>8}{"mIoU":>8}')
         for name, r in report['per_template'].items():
             print(f'{name:<14}{r["n"]:>6}{r["oIoU"]:>8.2f}{r["mIoU"]:>8.2f}')
