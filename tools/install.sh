@@ -32,6 +32,7 @@ t0=$(date +%s)
 
 # ---------------------------------------------------------------- 0. fail fast
 command -v "$PY" >/dev/null 2>&1 || die "'$PY' not found. Activate a Python 3.10/3.11 environment or set PYTHON=/path/to/python."
+PY=$(command -v "$PY")  # absolute: some checks run from /
 pyver=$("$PY" -c 'import sys; print("%d.%d" % sys.version_info[:2])')
 case "$pyver" in
   3.10|3.11) ;;
@@ -136,14 +137,22 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. mmrefseg itself
-if "$PY" -c "import importlib.util as u, os, sys; s = u.find_spec('mmrefseg'); sys.exit(s is None or os.path.dirname(os.path.dirname(os.path.abspath(s.origin))) != os.path.abspath(sys.argv[1]))" "$ROOT" 2>/dev/null; then
+# (asked from /, so that the checkout in the current directory does not answer for pip)
+if (cd / && "$PY" - "$ROOT" <<'PY' 2>/dev/null
+import importlib.metadata as md, json, os, sys
+info = json.loads(md.distribution('mmrefseg').read_text('direct_url.json') or '{}')
+path = info.get('url', '').replace('file://', '', 1)
+ok = info.get('dir_info', {}).get('editable') and os.path.realpath(path) == os.path.realpath(sys.argv[1])
+sys.exit(0 if ok else 1)
+PY
+); then
   say "mmrefseg already installed (editable) from $ROOT"
 else
   pip_ install -q --no-deps --no-build-isolation -e "$ROOT"
 fi
 
 # ---------------------------------------------------------------- 5. check
-"$PY" - <<'PY' || die "the installed stack does not import; see the traceback above."
+(cd / && "$PY" - <<'PY') || die "the installed stack does not import; see the traceback above."
 import mmcv, mmengine, mmseg, mmpretrain, torch, transformers
 from mmcv.ops import point_sample  # noqa: F401
 import mmseg.models  # noqa: F401

@@ -81,3 +81,16 @@ def test_mmseg_base_configs_resolve(tmp_path):
     path.write_text("_base_ = ['mmseg::_base_/default_runtime.py']\n")
     cfg = Config.fromfile(str(path))
     assert cfg.default_scope == 'mmseg'
+
+
+def test_plugin_importable_outside_the_checkout(tmp_path):
+    """The set-up installs the package (editable): mmseg's own tools, run from anywhere,
+    find it through ``custom_imports`` (not only because the checkout is the cwd)."""
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, '-c', 'import mmrefseg; print(mmrefseg.__file__)'],
+                         cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
+                         env={k: v for k, v in __import__('os').environ.items()
+                              if k != 'PYTHONPATH'})
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert osp.realpath(out.stdout.strip()).startswith(osp.realpath(REPO))
