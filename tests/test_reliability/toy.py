@@ -2,7 +2,9 @@
 
 Used by the reliability tests that exercise the engine (checkpoints, NaN guard) without the
 (slower) MPG-LQGNet model. Loss = mean((w·x - 2x)^2); a sample whose metainfo has
-``nan=True`` multiplies the batch loss by NaN.
+``nan=True`` multiplies the batch loss by NaN, ``inf=True`` adds +Inf to it (the gradients
+stay finite), ``nan_input=True`` feeds NaN through the model (``bn=True``: a BatchNorm
+before the linear layer, whose running statistics the NaN then reaches).
 """
 import torch
 from mmengine.model import BaseModel
@@ -12,20 +14,25 @@ from torch.utils.data import Dataset
 
 class ToyModel(BaseModel):
 
-    def __init__(self):
+    def __init__(self, bn=False):
         super().__init__()
         self.linear = torch.nn.Linear(1, 1, bias=False)
         torch.nn.init.constant_(self.linear.weight, 0.5)
+        self.bn = torch.nn.BatchNorm1d(1) if bn else None
 
     def forward(self, inputs, data_samples=None, mode='tensor'):
         x = torch.stack(inputs).float()
-        out = self.linear(x)
+        flags = [s.metainfo for s in data_samples or []]
+        inp = x * float('nan') if any(m.get('nan_input', False) for m in flags) else x
+        out = self.linear(self.bn(inp) if self.bn is not None else inp)
         if mode != 'loss':
             return out
         loss = ((out - 2 * x) ** 2).mean()
         aux = out.abs().mean()
-        if data_samples and any(s.metainfo.get('nan', False) for s in data_samples):
+        if any(m.get('nan', False) for m in flags):
             loss = loss * float('nan')
+        if any(m.get('inf', False) for m in flags):
+            loss = loss + float('inf')
         return dict(loss_main=loss, loss_aux=0.1 * aux, acc=torch.tensor(0.5))
 
 
@@ -48,7 +55,7 @@ class ToyDataset(Dataset):
 
 
 def make_runner(work_dir, name, max_iters=4, nan_idx=(), custom_hooks=None, ckpt_interval=2,
-                max_keep_ckpts=-1, resume=False, n=16):
+                max_keep_ckpts=-1, resume=False, n=16, optim_wrapper=None):
     from mmengine.runner import Runner
     return Runner(
         model=ToyModel(),
@@ -58,7 +65,7 @@ def make_runner(work_dir, name, max_iters=4, nan_idx=(), custom_hooks=None, ckpt
             dataset=ToyDataset(n=n, nan_idx=nan_idx),
             sampler=dict(type='DefaultSampler', shuffle=False),
             batch_size=2, num_workers=0),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         default_hooks=dict(
