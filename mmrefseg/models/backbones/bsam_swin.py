@@ -46,6 +46,7 @@ from mmseg.registry import MODELS
 
 from ..layers import BSAM, TileConcatFusion, apply_gate, build_gate, check_text_inputs
 from ..layers.gates import GATE_TYPES
+from ..utils import check_text_values
 from .swin_checkpoint import load_swin_pretrained
 
 __all__ = ['BSAMSwinTransformer']
@@ -183,9 +184,8 @@ class BSAMSwinTransformer(SwinTransformer):
         if text_feats.shape[0] != img.shape[0]:
             raise ValueError(f'BSAMSwinTransformer: {img.shape[0]} images but '
                              f'{text_feats.shape[0]} sentences; repeat the image per sentence.')
-        if not bool(text_mask.bool().any(dim=1).all()):
-            raise ValueError('BSAMSwinTransformer: every sentence needs at least one valid '
-                             'token (text_mask is all zero for some sample).')
+        # values: on the host only (no device sync; the preprocessor checked them)
+        check_text_values(text_mask, text_mask, None, 'BSAMSwinTransformer')
 
     def forward(self, img, text_feats, text_mask):
         """img B×3×H×W, text_feats B×Nt×C_t, text_mask B×Nt → (F_1, F_2, F_3, F_4, Q)."""

@@ -29,11 +29,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from mmseg.models.decode_heads.decode_head import BaseDecodeHead
-from mmseg.models.losses import accuracy
+from mmseg.models.losses import CrossEntropyLoss
 from mmseg.models.utils import resize
 from mmseg.registry import MODELS
 from torch import Tensor
 
+from ..losses import accuracy, non_ignored_count
 from .lqpg import LQPG
 from .pixel_decoder import PixelDecoder
 
@@ -194,11 +195,23 @@ class LQPGHead(BaseDecodeHead):
         return self.cls_seg(torch.cat(x, dim=1)), priors  # Y = W_m([F_D1; m_p; F_o]) (Eq 16)
 
     # ---------------------------------------------------------------- loss (Eq 17)
-    def _ce(self, logits: Tensor, label: Tensor) -> Tensor:
+    def _ce(self, logits: Tensor, label: Tensor, valid_count: Tensor) -> Tensor:
         losses = self.loss_decode if isinstance(self.loss_decode,
                                                 nn.ModuleList) else [self.loss_decode]
         return sum(
-            loss(logits, label, weight=None, ignore_index=self.ignore_index) for loss in losses)
+            loss(logits, label, weight=None, ignore_index=self.ignore_index,
+                 **self._avg_factor(loss, valid_count)) for loss in losses)
+
+    @staticmethod
+    def _avg_factor(loss, valid_count: Tensor) -> dict:
+        """mmseg's softmax ``CrossEntropyLoss(avg_non_ignore=True)`` counts the valid
+        pixels with ``.item()`` (a host-device sync per call); give it the count as a
+        device tensor (the same number, the same division)."""
+        if (isinstance(loss, CrossEntropyLoss) and loss.avg_non_ignore
+                and loss.class_weight is None and not loss.use_sigmoid
+                and not loss.use_mask and loss.reduction == 'mean'):
+            return dict(avg_factor=valid_count)
+        return {}
 
     def loss_by_feat(self, seg_logits: Tuple[Tensor, List[Tensor]],
                      batch_data_samples) -> dict:
@@ -208,12 +221,14 @@ class LQPGHead(BaseDecodeHead):
         size = seg_label.shape[2:]
         seg_label = seg_label.squeeze(1)
         y = resize(y, size=size, mode='bilinear', align_corners=self.align_corners)
-        losses = dict(loss_mask=self._ce(y, seg_label))  # L_mask
+        valid = non_ignored_count(seg_label, self.ignore_index)  # on the device
+        losses = dict(loss_mask=self._ce(y, seg_label, valid))  # L_mask
         if self.prior_loss_weight > 0 and priors:
             scale = self.prior_loss_weight / len(priors)  # λ / N_l
             for i, p in enumerate(priors):
                 p = resize(p, size=size, mode='bilinear', align_corners=self.align_corners)
-                losses[f'loss_prior_l{i}'] = scale * self._ce(p, seg_label)  # Eq 17
+                losses[f'loss_prior_l{i}'] = scale * self._ce(p, seg_label, valid)  # Eq 17
+        # mmseg's accuracy indexes with a boolean mask (a sync); the same value on device
         losses['acc_seg'] = accuracy(y, seg_label, ignore_index=self.ignore_index)
         return losses
 

@@ -62,6 +62,9 @@ class RefEncoderDecoder(EncoderDecoder):
             raise ValueError('RefEncoderDecoder needs text_encoder=dict(type=...), e.g. '
                              "dict(type='BertTextEncoder', ...).")
         self.text_encoder = MODELS.build(text_encoder)
+        # the preprocessor checks token ids on the host, before the move (no device sync)
+        if getattr(self.data_preprocessor, 'vocab_size', 0) is None:
+            self.data_preprocessor.vocab_size = getattr(self.text_encoder, 'vocab_size', None)
         if self.test_cfg is not None and self.test_cfg.get('mode', 'whole') != 'whole':
             raise ValueError(f"RefEncoderDecoder supports test_cfg.mode='whole' only (one "
                              f"sentence per image crop is ill-defined), got "

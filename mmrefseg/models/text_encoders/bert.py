@@ -33,6 +33,8 @@ from transformers import BertConfig, BertModel
 
 from mmseg.registry import MODELS
 
+from ..utils import check_text_values
+
 __all__ = ['BertTextEncoder', 'BUILTIN_CONFIGS']
 
 #: configs known offline; ``BertConfig()``'s defaults are bert-base-uncased's config.json
@@ -92,6 +94,8 @@ class BertTextEncoder(BaseModule):
 
     Attributes:
         embed_dims (int): C_t, the hidden size.
+        vocab_size (int): token ids must be below it (checked on host tensors only:
+            :mod:`mmrefseg.models.utils.text_checks`).
 
     Shapes: forward(input_ids B×Nt, attention_mask B×Nt) → (L B×Nt×C_t float, mask B×Nt)
     """
@@ -127,6 +131,7 @@ class BertTextEncoder(BaseModule):
                 logger='current', level=logging.WARNING)
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.embed_dims = self.bert.config.hidden_size
+        self.vocab_size = self.bert.config.vocab_size
         num_layers = self.bert.config.num_hidden_layers
         if not 0 <= frozen_layers <= num_layers:
             raise ValueError(f'BertTextEncoder: frozen_layers={frozen_layers} must be in '
@@ -189,12 +194,12 @@ class BertTextEncoder(BaseModule):
             raise ValueError(
                 f'BertTextEncoder: input_ids and attention_mask must both be B×Nt, got '
                 f'{tuple(input_ids.shape)} and {tuple(attention_mask.shape)}.')
-        vocab = self.bert.config.vocab_size
-        if input_ids.numel() and (int(input_ids.max()) >= vocab or int(input_ids.min()) < 0):
-            raise ValueError(
-                f'BertTextEncoder: token ids must be in [0, {vocab}) (vocab_size of the '
-                f'BERT config), got [{int(input_ids.min())}, {int(input_ids.max())}]. The '
-                f'tokenizer (TokenizeText) and text_encoder must use the same vocabulary.')
-        out = self.bert(input_ids=input_ids, attention_mask=attention_mask)
+        # values: read on the host only (RefSegDataPreProcessor checked them before the
+        # move to the device; reading device values here would stall the GPU)
+        check_text_values(input_ids, attention_mask, self.vocab_size, 'BertTextEncoder')
+        # B×1×Nt: transformers' SDPA path turns a 2-D mask into the same additive mask,
+        # but first asks `torch.all(mask == 1)` on the host (a sync every step); a 3-D
+        # mask takes get_extended_attention_mask, which builds it on the device
+        out = self.bert(input_ids=input_ids, attention_mask=attention_mask[:, None, :])
         return out.last_hidden_state, attention_mask
 
