@@ -18,8 +18,9 @@ records them in two layers while active:
 
 ``ignore`` names tensors whose reads are host reads by design (e.g. the optimizer's
 ``step`` counters, which torch keeps on the CPU for non-capturable optimizers precisely so
-that reading them never syncs): an iterable of tensors, or a predicate ``f(t) -> bool``. ``numpy()`` is not recorded: it refuses device tensors,
-so a ``.numpy()`` read is a host read by construction.
+that reading them never syncs): an iterable of tensors, or a predicate ``f(t) -> bool``.
+``numpy()`` is not recorded: it refuses device tensors, so a ``.numpy()`` read is a host
+read by construction.
 
 The CUDA counterpart is ``torch.cuda.set_sync_debug_mode('error')`` (tests/test_reliability
 /test_cuda.py).
