@@ -2,7 +2,6 @@
 """RefSegMetric: hand-computed values, both resolutions, per-sample dump, 2-process gloo."""
 import json
 import os.path as osp
-import socket
 
 import numpy as np
 import pytest
@@ -141,12 +140,6 @@ def test_log_table(capsys):
 
 
 # ---------------------------------------------------------------- distributed
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _dist_worker(rank, port, out_dir):
     dist.init_process_group('gloo', init_method=f'tcp://127.0.0.1:{port}', rank=rank,
                             world_size=2)
@@ -165,8 +158,8 @@ def _dist_worker(rank, port, out_dir):
 
 
 @pytest.mark.dist
-def test_two_process_gloo_equals_one_process(tmp_path):
-    mp.spawn(_dist_worker, args=(_free_port(), str(tmp_path)), nprocs=2, join=True)
+def test_two_process_gloo_equals_one_process(tmp_path, free_port):
+    mp.spawn(_dist_worker, args=(free_port, str(tmp_path)), nprocs=2, join=True)
     _, single = _evaluate(_case_samples())
     for rank in (0, 1):  # evaluate() broadcasts the metrics to every rank
         with open(tmp_path / f'rank{rank}.json') as f:
@@ -182,8 +175,10 @@ def test_with_tiny_refer_samples():
 
     from mmrefseg.datasets import RefCOCODataset
     init_default_scope('mmseg')
-    cfg = Config.fromfile('configs/_base_/datasets/tiny_refer.py')
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    cfg = Config.fromfile(osp.join(repo, 'configs/_base_/datasets/tiny_refer.py'))
     kwargs = {k: v for k, v in cfg.test_dataloader.dataset.items() if k != 'type'}
+    kwargs['data_root'] = osp.join(repo, kwargs['data_root'])  # relative to the repository
     kwargs['pipeline'][1]['scale'] = (64, 64)
     ds = RefCOCODataset(**kwargs)
     samples = []

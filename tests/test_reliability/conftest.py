@@ -38,24 +38,3 @@ def tiny_model(tiny_cfg):
     from mmrefseg.apis import init_model
     return init_model(tiny_cfg, device='cpu')
 
-
-@pytest.fixture
-def mm_log():
-    """Messages logged through mmengine's current logger (``print_log(logger='current')``)
-    during the test; independent of which stream the logger's handlers hold."""
-    import logging
-
-    from mmengine.logging import MMLogger
-
-    records = []
-
-    class _Collect(logging.Handler):
-
-        def emit(self, record):
-            records.append(record.getMessage())
-
-    logger = MMLogger.get_current_instance()
-    handler = _Collect(level=logging.DEBUG)
-    logger.addHandler(handler)
-    yield records
-    logger.removeHandler(handler)

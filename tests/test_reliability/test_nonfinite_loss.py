@@ -1,5 +1,4 @@
 """NonFiniteLossHook: a NaN/Inf loss stops the run, or skips the optimizer step."""
-import socket
 
 import pytest
 import torch
@@ -85,12 +84,6 @@ def test_without_hook_nan_poisons_the_weights(tmp_path):
 
 
 # --------------------------------------------------------------------------- distributed
-def _free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
 def _ddp_worker(rank, world_size, port, queue, bad):
     import types
 
@@ -135,7 +128,7 @@ def _ddp_worker(rank, world_size, port, queue, bad):
 
 
 @pytest.mark.parametrize('bad', ['nan', 'inf'])
-def test_ddp_skip_is_taken_by_all_ranks_without_hang(bad):
+def test_ddp_skip_is_taken_by_all_ranks_without_hang(bad, free_port):
     """A bad loss on one rank only: both ranks skip, no hang, no poison, and no collective
     of the hook's own: the rank's NaN-poisoned gradients reach every rank through DDP's
     all-reduce. 'inf': rank 1's loss is +Inf but its gradients would be finite; the poison
@@ -143,7 +136,7 @@ def test_ddp_skip_is_taken_by_all_ranks_without_hang(bad):
     import torch.multiprocessing as mp
     ctx = mp.get_context('fork')  # no re-import of the test module (fast)
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port
     procs = [ctx.Process(target=_ddp_worker, args=(r, 2, port, queue, bad)) for r in range(2)]
     for p in procs:
         p.start()

@@ -6,7 +6,6 @@ and deterministic (no dropout / drop-path, ``sentence_seed=0``, ``num_workers=0`
 import json
 import os
 import os.path as osp
-import socket
 import subprocess
 import sys
 
@@ -89,12 +88,6 @@ def run(cmd, timeout=300, check=True, **env_extra):
         assert proc.returncode == 0, f'{" ".join(cmd)} failed ({proc.returncode}):\n' \
             + out[-6000:]
     return proc.returncode, out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def scalars(work_dir):

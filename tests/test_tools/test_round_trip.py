@@ -12,7 +12,6 @@ import os
 import os.path as osp
 import re
 import shutil
-import socket
 import subprocess
 import sys
 
@@ -37,12 +36,6 @@ def run(cmd, timeout=420, env=None):
     out = proc.stdout + proc.stderr
     assert proc.returncode == 0, f'{" ".join(cmd)} failed ({proc.returncode}):\n{out[-6000:]}'
     return out
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return str(s.getsockname()[1])
 
 
 def metrics_line(log):
@@ -133,9 +126,9 @@ def test_resume_continues_from_saved_iteration(trained, tmp_path):
     assert osp.isfile(tmp_path / 'iter_6.pth')
 
 
-def test_dist_train_on_cpu_trains_and_evaluates(tmp_path):
+def test_dist_train_on_cpu_trains_and_evaluates(tmp_path, free_port):
     log = run(['bash', 'tools/dist_train.sh', CONFIG, '2', '--work-dir', str(tmp_path)],
-              env=dict(PORT=free_port()))
+              env=dict(PORT=str(free_port)))
     # mmengine's environment block: world size 2 (printed as "GPU number"), gloo
     assert 'Distributed training: True' in log and 'GPU number: 2' in log
     assert "dist_cfg: {'backend': 'gloo'}" in log
@@ -144,13 +137,13 @@ def test_dist_train_on_cpu_trains_and_evaluates(tmp_path):
     assert osp.isfile(tmp_path / 'iter_4.pth')
 
 
-def test_dist_test_two_processes_equal_one(trained, tested, tmp_path):
+def test_dist_test_two_processes_equal_one(trained, tested, tmp_path, free_port):
     work_dir, _ = trained
     _, one_json, _ = tested
     two_json = str(tmp_path / 'results2.json')
     run(['bash', 'tools/dist_test.sh', CONFIG, osp.join(work_dir, 'iter_4.pth'), '2',
          '--work-dir', str(tmp_path), '--out', two_json, '--split', SPLIT] + ONE_BY_ONE,
-        env=dict(PORT=free_port()))
+        env=dict(PORT=str(free_port)))
     with open(one_json) as f1, open(two_json) as f2:
         one, two = json.load(f1), json.load(f2)
     assert two['metrics'] == pytest.approx(one['metrics'], abs=1e-6)

@@ -1,6 +1,5 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """mmrefseg.engine.runner_utils: CPU distributed set-up, --amp on CPU, config checks."""
-import socket
 
 import pytest
 import torch
@@ -27,10 +26,8 @@ def test_launcher_none_changes_nothing():
 
 
 @cpu_only
-def test_pytorch_launcher_on_cpu_sets_up_gloo(monkeypatch):
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
+def test_pytorch_launcher_on_cpu_sets_up_gloo(monkeypatch, free_port):
+    port = free_port
     for k, v in dict(RANK='0', WORLD_SIZE='1', LOCAL_RANK='0', MASTER_ADDR='127.0.0.1',
                      MASTER_PORT=str(port)).items():
         monkeypatch.setenv(k, v)
