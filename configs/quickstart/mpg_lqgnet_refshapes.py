@@ -14,7 +14,6 @@ max_tokens = 16  # the longest RefShapes sentence is 12 words
 tokenizer = 'bert-base-uncased'  # bundled vocab (offline)
 data_root = 'data/refshapes'  # cache of the generated PNGs (regenerated when absent)
 seed = 0
-norm_cfg = dict(type='BN', requires_grad=True)
 
 model = dict(
     data_preprocessor=dict(size=crop_size),
@@ -38,7 +37,10 @@ model = dict(
         ffn_channels=128,
         proj_norm_cfg=dict(type='GN', num_groups=8, requires_grad=True),
         # + a Dice loss on the referent (class 1 only): from scratch, plain CE first learns
-        # to predict background everywhere (the referent is ~5 % of the pixels).
+        # to predict background everywhere (the referent is ~5 % of the pixels). Logged as
+        # decode.loss_dice (on Y) and decode.loss_dice_prior_l{i} (on each prior, × λ/N_l:
+        # prior_losses='all'; the default 'first' gives the priors the CE of Eq 17 only).
+        prior_losses='all',
         loss_decode=[
             dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0,
                  avg_non_ignore=True),

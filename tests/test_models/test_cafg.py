@@ -5,8 +5,8 @@ import torch
 import torch.nn.functional as F
 
 import mmrefseg  # noqa: F401
-from mmrefseg.models.layers import (CAFG, GATE_TYPES, LanguageGate, build_gate,
-                                    map_to_tokens, tokens_to_map)
+from mmrefseg.models.layers import (CAFG, GATE_TYPES, PER_SAMPLE_NORM, LanguageGate,
+                                    build_gate, map_to_tokens, tokens_to_map)
 
 B, C, H, W = 3, 8, 3, 4
 
@@ -124,3 +124,76 @@ def test_gate_from_config_dict_and_norm_cfg():
     fused, vis = inputs()
     # GN works with a single sample (BN after GAP needs >= 2 in training)
     assert gate(fused[:1], vis[:1], (H, W)).shape == (1, H * W, C)
+
+
+# ------------------------------------------------------------- small batch (issue 14 §3)
+def _pooled_gate_of_sample0(gate, x1, seed=0):
+    """Gate outputs of sample 0 in a batch of 2 whose sample 1 is ``x1``."""
+    g = torch.Generator().manual_seed(seed)
+    fused0 = torch.randn(1, H * W, C, generator=g)
+    vis0 = torch.randn(1, H * W, C, generator=g)
+    fused = torch.cat([fused0, x1[0]])
+    vis = torch.cat([vis0, x1[1]])
+    return gate(fused, vis, (H, W))[0]
+
+
+def test_bn_after_gap_at_batch_2_is_the_sign_of_the_other_sample():
+    """Why the small-batch configs do not use BN: over 2 pooled samples BN outputs ±γ+β."""
+    path = build_gate('cafg', C).train().scale_path
+    x = torch.randn(2, C, H, W)
+    y = path.reduce.norm(path.reduce.conv(x.mean((2, 3), keepdim=True)))
+    torch.testing.assert_close(y.abs(), torch.ones_like(y), atol=1e-2, rtol=0)
+
+
+@pytest.mark.parametrize('norm_cfg', [PER_SAMPLE_NORM, dict(type='GN', num_groups=2)])
+def test_per_sample_gate_ignores_the_other_sample(norm_cfg):
+    gate = build_gate('cafg', C, norm_cfg=norm_cfg).train()
+    a = _pooled_gate_of_sample0(gate, torch.randn(2, 1, H * W, C))
+    b = _pooled_gate_of_sample0(gate, 5 * torch.randn(2, 1, H * W, C) + 3)
+    torch.testing.assert_close(a, b)
+    # same function in training and evaluation
+    torch.testing.assert_close(_pooled_gate_of_sample0(gate.eval(),
+                                                       torch.randn(2, 1, H * W, C)), a)
+
+
+def _mm_records():
+    import logging
+
+    from mmengine.logging import MMLogger
+    records = []
+
+    class _Collect(logging.Handler):
+
+        def emit(self, record):
+            records.append(record.getMessage())
+
+    handler = _Collect(level=logging.DEBUG)
+    MMLogger.get_current_instance().addHandler(handler)
+    return records, lambda: MMLogger.get_current_instance().removeHandler(handler)
+
+
+def test_pooled_bn_below_4_samples_warns_once_with_the_key(monkeypatch):
+    import mmrefseg.models.layers.cafg as cafg_mod
+    monkeypatch.setattr(cafg_mod, '_warned_small_pooled_bn', False)
+    records, stop = _mm_records()
+    try:
+        gate = build_gate('cafg', C).train()
+        fused, vis = inputs()  # B = 3
+        for _ in range(3):
+            gate(fused, vis, (H, W))
+        gate(fused[:2], vis[:2], (H, W))
+        warned = [m for m in records if 'after global average pooling' in m]
+        assert len(warned) == 1 and 'model.backbone.norm_cfg' in warned[0], records
+        # 4 samples, evaluation, a spatial path (BN over pixels) or GN: no warning
+        monkeypatch.setattr(cafg_mod, '_warned_small_pooled_bn', False)
+        records.clear()
+        x4 = torch.randn(4, H * W, C)
+        gate(x4, x4, (H, W))
+        gate.eval()(fused[:2], vis[:2], (H, W))
+        build_gate('spatial_spatial', C).train()(fused[:2], vis[:2], (H, W))
+        build_gate('cafg', C, norm_cfg=PER_SAMPLE_NORM).train()(fused[:2], vis[:2], (H, W))
+        assert not [m for m in records if 'after global average pooling' in m], records
+    finally:
+        stop()
+    with pytest.raises(ValueError, match=r'1 sample per step.*model\.backbone\.norm_cfg'):
+        gate.train()(fused[:1], vis[:1], (H, W))

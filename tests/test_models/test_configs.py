@@ -84,7 +84,9 @@ def test_full_configs_follow_the_paper_recipe(path):
 def test_single_gpu_preset():
     cfg = load('configs/mpg_lqgnet_swinb_refcoco_1xb2-acc4.py')
     assert cfg.train_dataloader.batch_size == 2 and cfg.optim_wrapper.accumulative_counts == 4
-    assert cfg.model.backbone.norm_cfg.type == 'BN' and cfg.model.decode_head.norm_cfg.type == 'BN'
+    # CAFG after GAP: per-sample norm; the pixel decoder (BN over 112×112 maps): BN
+    assert cfg.model.backbone.norm_cfg == dict(type='GN', num_groups=1, requires_grad=True)
+    assert cfg.model.decode_head.norm_cfg.type == 'BN'
     assert cfg.optim_wrapper.optimizer.lr == 1.5e-5
 
 

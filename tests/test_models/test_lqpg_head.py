@@ -161,6 +161,67 @@ def test_loss_dict_is_eq17():
     assert torch.allclose(total, eq17, atol=1e-6)
 
 
+# ------------------------------------------- every loss term under its own key (issue 14 §4)
+CE = dict(type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)
+DICE = dict(type='DiceLoss', use_sigmoid=False, ignore_index=0, loss_weight=1.0,
+            loss_name='loss_dice')
+
+
+def _dice(logits, label):
+    """mmseg 1.2.2's DiceLoss(use_sigmoid=False, ignore_index=0), written out: V-Net dice of
+    the softmax's class-1 channel (class 0 is the ignored index), eps 1e-3, batch mean."""
+    prob = F.interpolate(logits, (H, W), mode='bilinear').softmax(dim=1)[:, 1].flatten(1)
+    target = (label == 1).float().flatten(1)
+    inter = (prob * target).sum(1)
+    dice = 2 * inter / ((prob * prob).sum(1) + 1e-3 + (target * target).sum(1) + 1e-3)
+    return (1 - dice).mean()
+
+
+@pytest.mark.parametrize('prior_losses,prior_terms', [('first', ('ce', )),
+                                                      ('all', ('ce', 'dice')),
+                                                      (['loss_dice'], ('dice', )),
+                                                      (['loss_ce', 'loss_dice'], ('ce', 'dice'))])
+def test_each_loss_term_has_its_own_key_and_the_total_is_eq17_plus_extras(
+        prior_losses, prior_terms):
+    head = _head(loss_decode=[CE, DICE], prior_losses=prior_losses)
+    samples = _samples()
+    y, priors = head(_feats())
+    losses = head.loss_by_feat((y, priors), samples)
+    label = torch.stack([s.gt_sem_seg.data for s in samples]).squeeze(1)
+
+    def ce(logits):
+        return F.cross_entropy(F.interpolate(logits, (H, W), mode='bilinear'), label)
+
+    fn = dict(ce=ce, dice=lambda x: _dice(x, label))
+    expected = dict(loss_mask=ce(y), loss_dice=_dice(y, label))
+    for i, p in enumerate(priors):
+        for t in prior_terms:
+            key = f'loss_prior_l{i}' if t == 'ce' else f'loss_dice_prior_l{i}'
+            expected[key] = 0.1 / 3 * fn[t](p)
+    assert set(losses) == set(expected) | {'acc_seg'}
+    for k, v in expected.items():
+        torch.testing.assert_close(losses[k], v, atol=1e-5, rtol=1e-5, msg=k)
+    from mmengine.model import BaseModel
+    total, log_vars = BaseModel.parse_losses(None, losses)
+    hand = ce(y) + _dice(y, label) + 0.1 / 3 * sum(fn[t](p) for p in priors
+                                                    for t in prior_terms)  # Eq 17 + extras
+    torch.testing.assert_close(total, hand, atol=1e-5, rtol=1e-5)
+    assert {'loss_mask', 'loss_dice'} <= set(log_vars)  # each term logged by mmengine
+
+
+def test_loss_keys_and_prior_losses_errors():
+    with pytest.raises(ValueError, match='own loss_name'):
+        _head(loss_decode=[CE, dict(CE, loss_name='loss_mask')])
+    with pytest.raises(ValueError, match='own loss_name'):
+        _head(loss_decode=[CE, dict(DICE, loss_name='loss_ce'), DICE])
+    with pytest.raises(ValueError, match=r"prior_losses names \['loss_focal'\]"):
+        _head(loss_decode=[CE, DICE], prior_losses=['loss_focal'])
+    with pytest.raises(ValueError, match="'first', 'all' or a list"):
+        _head(prior_losses='some')
+    # one loss: the keys of Eq 17 whatever the option
+    assert _head(prior_losses='all').prior_loss_terms == (0, )
+
+
 def test_lambda_zero_builds_only_last_prior_head():
     head = _head(prior_loss_weight=0.0)
     assert list(head.lqpg.prior_heads) == ['2']

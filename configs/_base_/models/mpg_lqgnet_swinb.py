@@ -3,8 +3,14 @@
 # LQPG with N_l = 6 layers, 8 heads, C_q = 256, CoordConv mask head, λ = 0.1.
 # Every open choice and its default: docs/model.md.
 #
-# norm_cfg is the norm of the CAFG paths and of the pixel-decoder convs: SyncBN for the
-# 8-GPU recipe (1 image per GPU); configs holding >= 2 images per process use BN.
+# Two separate norms (docs/model.md):
+# - model.backbone.norm_cfg: the CAFG gates, which normalise GLOBALLY POOLED B×C×1×1
+#   vectors: BN statistics there come from the batch alone, so SyncBN over the 8-GPU
+#   recipe's 8 samples (the paper's); configs with fewer samples per process use
+#   dict(type='GN', num_groups=1) (per sample; a BN over 2 pooled samples outputs ±γ+β).
+# - model.decode_head.norm_cfg: the pixel-decoder convs (BN over 112×112 maps: fine with
+#   2 images per process; SyncBN with 1 image per GPU).
+gate_norm_cfg = dict(type='SyncBN', requires_grad=True)
 norm_cfg = dict(type='SyncBN', requires_grad=True)
 crop_size = (448, 448)
 # Override on the command line, e.g. --cfg-options
@@ -48,7 +54,7 @@ model = dict(
         gate_stages=(0, 1, 2),
         query_stages=(0, 1, 2, 3),
         decoder_feats='fused',
-        norm_cfg=norm_cfg,
+        norm_cfg=gate_norm_cfg,
         init_cfg=dict(type='Pretrained', checkpoint=swin_checkpoint)),
     decode_head=dict(
         type='LQPGHead',

@@ -13,15 +13,27 @@ followed by a query tensor. Options for the paper's ablations:
 * ``num_layers`` = N_l (Table 5), ``prior_loss_weight`` = λ (0 → no prior loss and only the
   last layer's prior head is built, Table 2 'w/o L_prior'),
 * ``query_source`` (Table 3): ``'all'`` uses the K = ``num_queries`` queries the backbone
-  returns; a tuple of indices selects some of them (prefer making the backbone return
-  only those stages' queries, so that no query projection is left without gradient),
+  returns; a tuple of increasing indices selects some of them. Under ``RefEncoderDecoder``
+  with a backbone that has ``query_stages`` the selection is routed to the backbone (only
+  those stages build a query branch, so none is left without gradient); with another
+  backbone the head selects, and the backbone's unused query branches are its own,
 * ``use_coord`` (Table 6): the 2-channel coordinate map of Eq 16,
 * ``use_lqpg=False`` (Table 2 rows 1-4): LAVT's plain decoder, ``Y = Conv1×1(F'_D1)``; no
   W_q projections, no LQPG, no priors, no queries needed (``use_coord`` must be False).
 
-Loss keys (mmengine sums every key containing ``loss``, the segmentor adds ``decode.``):
-``loss_mask`` (L_mask), ``loss_prior_l{i}`` for i = 0..N_l-1 (already multiplied by λ/N_l)
-and ``acc_seg``, so the optimised total is exactly Eq 17.
+Loss terms and keys (mmengine sums every key containing ``loss``, the segmentor adds
+``decode.``). The FIRST entry of ``loss_decode`` is the loss of Eq 17 (cross-entropy by
+default); every further entry is an extra term, logged under its own ``loss_name``:
+
+* Eq 17: ``loss_mask`` (L_mask on Y) and ``loss_prior_l{i}`` for i = 0..N_l-1 (L_prior on
+  each layer's prior, already multiplied by λ/N_l);
+* an extra loss named ``loss_x`` (e.g. ``DiceLoss(loss_name='loss_dice')``): ``loss_x`` on Y
+  and, if the priors take it, ``loss_x_prior_l{i}`` (also × λ/N_l);
+* ``acc_seg`` (not a loss).
+
+Which terms the priors take is ``prior_losses``: ``'first'`` (default: the Eq-17 loss only,
+as the paper supervises the priors), ``'all'``, or a list of loss names. The optimised total
+is exactly Eq 17 plus the configured extra terms, and each is logged separately.
 """
 from typing import List, Sequence, Tuple, Union
 
@@ -73,8 +85,12 @@ class LQPGHead(BaseDecodeHead):
         norm_cfg (dict): norm of the pixel-decoder convs (BN; SyncBN for 1 image/GPU).
         num_classes (int): 2 (background, referent); the head predicts softmax logits.
         dropout_ratio (float): dropout before the mask head conv (0).
-        loss_decode (dict | list[dict]): the loss used for L_mask and every L_prior
-            (CrossEntropyLoss with ``avg_non_ignore=True``, i.e. torch's mean).
+        loss_decode (dict | list[dict]): the first entry is the loss of Eq 17 (L_mask and
+            every L_prior; CrossEntropyLoss with ``avg_non_ignore=True``, i.e. torch's
+            mean); further entries are extra terms on Y, logged under their ``loss_name``.
+        prior_losses ('first' | 'all' | Sequence[str]): the ``loss_decode`` terms the
+            priors take: ``'first'`` (the Eq-17 loss only, default), ``'all'``, or the
+            ``loss_name`` of each (the first entry's name selects the Eq-17 loss).
 
     Shapes:
         inputs: tuple whose ``in_index`` entries are F_i (B×C_i×H/s_i×W/s_i, s = 4, 8, 16,
@@ -109,6 +125,7 @@ class LQPGHead(BaseDecodeHead):
                  input_transform: str = 'multiple_select',
                  dropout_ratio: float = 0.0,
                  norm_cfg=dict(type='BN', requires_grad=True),
+                 prior_losses: Union[str, Sequence[str]] = 'first',
                  **kwargs):
         in_channels = tuple(in_channels)
         in_index = tuple(in_index)
@@ -140,6 +157,7 @@ class LQPGHead(BaseDecodeHead):
             if not query_source or any(not 0 <= i < num_queries for i in query_source):
                 raise ValueError(f"LQPGHead: query_source must be 'all' or indices in "
                                  f'[0, num_queries={num_queries}), got {query_source}.')
+        self._init_loss_keys(prior_losses)
         self.query_source = query_source
         self.num_queries = num_queries
         self.num_layers = num_layers
@@ -195,12 +213,39 @@ class LQPGHead(BaseDecodeHead):
         return self.cls_seg(torch.cat(x, dim=1)), priors  # Y = W_m([F_D1; m_p; F_o]) (Eq 16)
 
     # ---------------------------------------------------------------- loss (Eq 17)
-    def _ce(self, logits: Tensor, label: Tensor, valid_count: Tensor) -> Tensor:
-        losses = self.loss_decode if isinstance(self.loss_decode,
-                                                nn.ModuleList) else [self.loss_decode]
-        return sum(
-            loss(logits, label, weight=None, ignore_index=self.ignore_index,
-                 **self._avg_factor(loss, valid_count)) for loss in losses)
+    def _loss_terms(self) -> List[nn.Module]:
+        return list(self.loss_decode) if isinstance(self.loss_decode,
+                                                    nn.ModuleList) else [self.loss_decode]
+
+    def _init_loss_keys(self, prior_losses) -> None:
+        """Log key of each ``loss_decode`` term on Y, and which terms the priors take."""
+        names = [str(loss.loss_name) for loss in self._loss_terms()]
+        self.mask_loss_keys = ['loss_mask'] + names[1:]  # Eq 17's L_mask, then the extras
+        if len(set(names)) != len(names) or any(
+                n == 'loss_mask' or n.startswith('loss_prior') for n in names[1:]):
+            raise ValueError(
+                f'LQPGHead: every loss_decode term needs its own loss_name, and the terms after '
+                f'the first (the Eq-17 loss, logged as loss_mask / loss_prior_l*) not '
+                f'"loss_mask" nor "loss_prior*"; got loss names {names}.')
+        if prior_losses == 'first':
+            idx = [0]
+        elif prior_losses == 'all':
+            idx = list(range(len(names)))
+        elif isinstance(prior_losses, (list, tuple)) and all(
+                isinstance(n, str) for n in prior_losses):
+            unknown = [n for n in prior_losses if n not in names]
+            if unknown:
+                raise ValueError(f'LQPGHead: prior_losses names {unknown}, which are not '
+                                 f'loss_name of any loss_decode term ({names}).')
+            idx = sorted({names.index(n) for n in prior_losses})
+        else:
+            raise ValueError(f"LQPGHead: prior_losses must be 'first', 'all' or a list of "
+                             f'loss names from {names}, got {prior_losses!r}.')
+        self.prior_loss_terms = tuple(idx)
+
+    def _prior_key(self, term: int, layer: int) -> str:
+        base = 'loss_prior' if term == 0 else f'{self.mask_loss_keys[term]}_prior'
+        return f'{base}_l{layer}'
 
     @staticmethod
     def _avg_factor(loss, valid_count: Tensor) -> dict:
@@ -213,21 +258,32 @@ class LQPGHead(BaseDecodeHead):
             return dict(avg_factor=valid_count)
         return {}
 
+    def _term(self, loss, logits: Tensor, label: Tensor, valid_count: Tensor) -> Tensor:
+        """One ``loss_decode`` term on ``logits`` (the valid-pixel count from the device)."""
+        return loss(logits, label, weight=None, ignore_index=self.ignore_index,
+                    **self._avg_factor(loss, valid_count))
+
     def loss_by_feat(self, seg_logits: Tuple[Tensor, List[Tensor]],
                      batch_data_samples) -> dict:
-        """``loss_mask`` + ``loss_prior_l{i}`` (×λ/N_l each) + ``acc_seg``."""
+        """``loss_mask`` + ``loss_prior_l{i}`` (×λ/N_l each) + one key per extra term (on Y,
+        and on the priors that take it) + ``acc_seg``."""
         y, priors = seg_logits if isinstance(seg_logits, (tuple, list)) else (seg_logits, [])
         seg_label = self._stack_batch_gt(batch_data_samples)
         size = seg_label.shape[2:]
         seg_label = seg_label.squeeze(1)
+        terms = self._loss_terms()
         y = resize(y, size=size, mode='bilinear', align_corners=self.align_corners)
         valid = non_ignored_count(seg_label, self.ignore_index)  # on the device
-        losses = dict(loss_mask=self._ce(y, seg_label, valid))  # L_mask
+        losses = {}
+        for key, loss in zip(self.mask_loss_keys, terms):  # L_mask (+ extra terms on Y)
+            losses[key] = self._term(loss, y, seg_label, valid)
         if self.prior_loss_weight > 0 and priors:
             scale = self.prior_loss_weight / len(priors)  # λ / N_l
             for i, p in enumerate(priors):
                 p = resize(p, size=size, mode='bilinear', align_corners=self.align_corners)
-                losses[f'loss_prior_l{i}'] = scale * self._ce(p, seg_label, valid)  # Eq 17
+                for t in self.prior_loss_terms:  # λ/N_l · L_prior^l (Eq 17)
+                    losses[self._prior_key(t, i)] = scale * self._term(terms[t], p, seg_label,
+                                                                       valid)
         # mmseg's accuracy indexes with a boolean mask (a sync); the same value on device
         losses['acc_seg'] = accuracy(y, seg_label, ignore_index=self.ignore_index)
         return losses

@@ -12,9 +12,30 @@ Choices the paper leaves open:
 * ``Conv_1`` reduces C_i → C_i / ``reduction`` (default 4, as the multi-scale channel
   attention of Dai et al. 2021 that the paper cites), ``Conv_2`` restores C_i; both 1×1
   without bias (a norm follows each).
-* ``norm`` is ``norm_cfg`` (default BN). After GAP a BN normalises B×C×1×1 over the batch
-  only, so it needs ≥ 2 samples per process in training: SyncBN in multi-GPU configs with
-  one image per GPU, BN with ≥ 2 images per process otherwise, GN where neither holds.
+* ``norm`` is ``norm_cfg`` (default BN, the paper's "Batch Normalization"). After GAP the
+  tensor is B×C×1×1, so a BatchNorm in training mode normalises each channel over the B
+  samples of the step only. With B = 2 it outputs exactly ±γ+β whatever the input (each
+  sample's gate then says only on which side of the other sample it lies), and evaluation,
+  which uses the running statistics, computes a different function. So:
+
+  - **the paper's recipe** (8 GPUs × 1 image) uses SyncBN: 8 samples per statistic;
+  - **every configuration with fewer than about 8 samples per BN** (one GPU with 2 images,
+    the tiny / quick-start configs) uses ``dict(type='GN', num_groups=1)``
+    (:data:`PER_SAMPLE_NORM`): a LayerNorm over the C channels of the pooled vector of
+    each sample, with a per-channel affine. It is computed per sample, so a sample's gate
+    does not depend on the other samples of the batch, and training and evaluation compute
+    the same function. Why not "no norm" (SE-style convs with bias, the function BN
+    computes at test time): the gate input ``X = F_i + V_i`` carries the Swin residual
+    stream, whose scale grows with depth and with pretraining; a norm keeps the logits of
+    σ(·) and the additive term CA_2 at unit scale whatever that scale is, as BN does. What
+    the per-sample norm gives up: it removes each sample's mean and scale over channels,
+    so a gate cannot open or close *all* channels of one sample together (only relative
+    channel weights and the learned per-channel β remain). Parameter count is the same as
+    BN (γ, β per channel). Other GN groupings (``num_groups`` dividing both C_i and
+    C_i / ``reduction``) are allowed.
+  - A BatchNorm after GAP that trains on fewer than 4 samples per statistic (batch ×
+    processes for SyncBN) logs one warning naming ``model.backbone.norm_cfg``; with 1
+    sample it raises (BN cannot normalise one value).
 * Table 4 variants are the same module with other ``paths``: each entry is ``'channel'``
   (GAP first: one weight per channel, the paper's CAFG) or ``'spatial'`` (no GAP: one weight
   per pixel and channel). ``('channel',)`` = single-path CAFG (no CA_2), ``('spatial',
@@ -23,13 +44,25 @@ Choices the paper leaves open:
   zero-init of the last norm: a zero γ would leave every earlier weight of the gate without
   gradient in the first step. At init σ(CA_1) ≈ 0.5 on average.
 """
+import logging
+
 import torch
+import torch.distributed as dist
 from mmcv.cnn import ConvModule
+from mmengine.logging import print_log
 from mmengine.model import BaseModule
+from torch.nn.modules.batchnorm import _BatchNorm
 
 from mmseg.registry import MODELS
 
-__all__ = ['ChannelAttention', 'CAFG', 'tokens_to_map', 'map_to_tokens']
+__all__ = ['ChannelAttention', 'CAFG', 'PER_SAMPLE_NORM', 'tokens_to_map', 'map_to_tokens']
+
+#: The CAFG norm of every configuration with fewer than ~8 samples per BN statistic: a
+#: LayerNorm over the channels of each sample's pooled vector (see the module docstring).
+PER_SAMPLE_NORM = dict(type='GN', num_groups=1, requires_grad=True)
+#: fewer samples than this per BN statistic after GAP → one warning
+MIN_POOLED_BN_SAMPLES = 4
+_warned_small_pooled_bn = False
 
 
 def tokens_to_map(x, hw_shape):
@@ -49,7 +82,7 @@ class ChannelAttention(BaseModule):
     Args:
         channels (int): C_i.
         reduction (int): hidden width C_i // reduction.
-        norm_cfg (dict): the ``norm`` of Eq 10.
+        norm_cfg (dict): the ``norm`` of Eq 10 (see the module docstring for which).
         pooled (bool): apply GAP first (``'channel'`` path, B×C×1×1 output) or not
             (``'spatial'`` path, B×C×H×W output).
 
@@ -68,10 +101,42 @@ class ChannelAttention(BaseModule):
                                  act_cfg=dict(type='ReLU'))  # ReLU(norm(Conv_1(.)))
         self.expand = ConvModule(hidden, channels, 1, norm_cfg=norm_cfg,
                                  act_cfg=None)  # norm(Conv_2(.))
+        self._pooled_bn = pooled and any(
+            isinstance(m, _BatchNorm) for m in self.modules())
+
+    def _check_pooled_batch(self, x):
+        """BN over B×C×1×1 in training: warn (< 4 samples) or raise (1 sample).
+
+        A Python-level shape check (no host-device sync); SyncBN counts every process.
+        """
+        global _warned_small_pooled_bn
+        samples = x.shape[0]
+        norm = self.reduce.norm
+        if isinstance(norm, torch.nn.SyncBatchNorm) and dist.is_available() \
+                and dist.is_initialized():
+            samples *= dist.get_world_size(norm.process_group)
+        if samples >= MIN_POOLED_BN_SAMPLES:
+            return
+        fix = ('set model.backbone.norm_cfg=dict(type="GN", num_groups=1) (a per-sample '
+               'LayerNorm over the pooled channels, as configs/_base_/models/'
+               'mpg_lqgnet_tiny.py), or SyncBN over >= 8 samples (docs/model.md)')
+        if samples == 1:
+            raise ValueError(
+                f'CAFG: {type(norm).__name__} after global average pooling trains on 1 '
+                f'sample per step and cannot normalise it; {fix}.')
+        if not _warned_small_pooled_bn:
+            _warned_small_pooled_bn = True
+            print_log(
+                f'CAFG: {type(norm).__name__} after global average pooling trains on '
+                f'{samples} samples per step (< {MIN_POOLED_BN_SAMPLES}): with 2 it outputs '
+                f'±γ+β whatever the input, and evaluation (running statistics) computes '
+                f'another function. {fix}.', logger='current', level=logging.WARNING)
 
     def forward(self, x):
         if self.pooled:
             x = x.mean(dim=(2, 3), keepdim=True)  # GAP
+            if self._pooled_bn and self.training:
+                self._check_pooled_batch(x)
         return self.expand(self.reduce(x))  # Eq 10
 
 
@@ -82,7 +147,8 @@ class CAFG(BaseModule):
     Args:
         channels (int): C_i.
         reduction (int): channel reduction inside each path. Default 4.
-        norm_cfg (dict): norm of Eq 10. Default ``dict(type='BN')``.
+        norm_cfg (dict): norm of Eq 10. Default ``dict(type='BN')`` (the paper's, for
+            SyncBN over 8 samples); :data:`PER_SAMPLE_NORM` below ~8 samples per process.
         paths (tuple[str]): kinds of CA_1 (sigmoid weight) and, if present, CA_2 (additive
             term); each ``'channel'`` or ``'spatial'``. Default ``('channel', 'channel')``.
 

@@ -10,10 +10,20 @@ The language encoder is built from ``text_encoder=dict(...)`` as mmseg 1.2.2's
 decode head works: stock heads pick the maps with ``in_index`` and ignore Q; a head with a
 ``predict_with_priors`` method (``LQPGHead``) also returns its mask priors, which
 ``predict`` stores on every sample as ``mask_priors``.
+
+Query selection (Table 3): a head ``query_source=(i, ...)`` (a subset of the K queries the
+backbone returns) on a backbone with ``query_stages`` is routed to the backbone: it builds
+the query branches of those stages only and the head takes all of them. Otherwise the
+query branches of the other stages would run without a gradient, which DDP
+(``find_unused_parameters=False``) rejects.
 """
+import copy
+import inspect
+import logging
 from typing import List, Optional, Sequence
 
 import torch
+from mmengine.logging import print_log
 from mmengine.structures import PixelData
 from mmseg.models.segmentors import EncoderDecoder
 from mmseg.models.utils import resize
@@ -22,6 +32,34 @@ from mmseg.utils import ConfigType, OptConfigType, OptMultiConfig, OptSampleList
 from torch import Tensor
 
 __all__ = ['RefEncoderDecoder']
+
+
+def route_query_source(backbone, decode_head):
+    """``(backbone, decode_head)`` configs with a head ``query_source`` subset moved to the
+    backbone's ``query_stages`` (see the module docstring); unchanged otherwise."""
+    if not isinstance(backbone, dict) or not isinstance(decode_head, dict):
+        return backbone, decode_head
+    source = decode_head.get('query_source', 'all')
+    kind = backbone.get('type')
+    cls = MODELS.get(kind) if isinstance(kind, str) else kind
+    params = inspect.signature(cls.__init__).parameters if inspect.isclass(cls) else {}
+    if source == 'all' or 'query_stages' not in params:
+        return backbone, decode_head
+    source = tuple(int(i) for i in source)
+    stages = tuple(sorted(backbone.get('query_stages', params['query_stages'].default)))
+    if not source or list(source) != sorted(set(source)) or source[-1] >= len(stages):
+        raise ValueError(
+            f'decode_head.query_source={source} must be increasing, distinct indices into '
+            f'the {len(stages)} queries of backbone.query_stages={stages} (stage order).')
+    selected = tuple(stages[i] for i in source)
+    backbone, decode_head = copy.deepcopy(backbone), copy.deepcopy(decode_head)
+    backbone['query_stages'] = selected
+    decode_head['query_source'] = 'all'
+    decode_head['num_queries'] = len(selected)
+    print_log(f'RefEncoderDecoder: decode_head.query_source={source} → backbone.'
+              f'query_stages={selected} (only those query branches are built).',
+              logger='current', level=logging.INFO)
+    return backbone, decode_head
 
 
 @MODELS.register_module()
@@ -36,6 +74,8 @@ class RefEncoderDecoder(EncoderDecoder):
         decode_head, neck, auxiliary_head, train_cfg, test_cfg, data_preprocessor,
         pretrained, init_cfg: as :class:`mmseg.models.EncoderDecoder`. A ``neck`` is applied
         to the maps only (Q is passed on unchanged). ``test_cfg.mode`` must be 'whole'.
+        A head ``query_source`` subset becomes the backbone's ``query_stages``
+        (:func:`route_query_source`).
 
     Modes: ``loss`` (dict of losses), ``predict`` (data samples with ``seg_logits``,
     ``pred_sem_seg`` and, for heads with priors, ``mask_priors`` — all at the original
@@ -54,6 +94,7 @@ class RefEncoderDecoder(EncoderDecoder):
                  data_preprocessor: OptConfigType = None,
                  pretrained: Optional[str] = None,
                  init_cfg: OptMultiConfig = None):
+        backbone, decode_head = route_query_source(backbone, decode_head)
         super().__init__(backbone=backbone, decode_head=decode_head, neck=neck,
                          auxiliary_head=auxiliary_head, train_cfg=train_cfg,
                          test_cfg=test_cfg, data_preprocessor=data_preprocessor,
