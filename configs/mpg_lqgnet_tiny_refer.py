@@ -9,14 +9,14 @@ img_scale = (224, 224)  # multiple of 32 and of window 7 × 4 × 8
 crop_size = img_scale
 model = dict(data_preprocessor=dict(size=crop_size))
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='LoadRefAnnotations'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     dict(type='TokenizeText', tokenizer='bert-base-uncased', max_length=30),
     dict(type='PackRefSegInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     dict(type='LoadRefAnnotations'),
     dict(type='TokenizeText', tokenizer='bert-base-uncased', max_length=30),

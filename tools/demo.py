@@ -7,7 +7,8 @@
 One row per sentence: the predicted mask over the image with the sentence, then the
 mask prior of every LQPG layer as a heat map (the view of the paper's Figs. 5-7).
 Without CHECKPOINT the model has its initial (untrained) weights - useful only to check
-the installation.
+the installation. A photo is read upright (its EXIF orientation tag applied, as a viewer
+shows it), since that is the view the sentences describe ("on the left").
 """
 import argparse
 import os.path as osp
@@ -55,7 +56,7 @@ def main(argv=None):
 
     visualizer = RefSegLocalVisualizer(alpha=args.opacity,
                                        normalize_priors=args.normalize_priors)
-    image = mmcv.imread(args.img, channel_order='rgb')
+    image = mmcv.imread(args.img, flag='color', channel_order='rgb')  # upright, as inference
     drawn = visualizer.draw_samples(image, results, draw_gt=False)
     mmcv.imwrite(mmcv.rgb2bgr(drawn), args.out_file)
     if args.show:

@@ -31,8 +31,7 @@ from mmengine.runner import load_checkpoint
 __all__ = ['init_model', 'inference_model', 'build_inference_pipeline']
 
 #: transforms that read ground truth; dropped from the test pipeline for inference
-ANNOTATION_TRANSFORMS = ('LoadRefAnnotations', 'LoadAnnotations', 'mmseg.LoadAnnotations',
-                         'LoadRefAnnotation')
+ANNOTATION_TRANSFORMS = ('LoadRefAnnotations', 'LoadAnnotations', 'mmseg.LoadAnnotations')
 #: metainfo the packer may expect from a dataset item (-1 = not from a dataset)
 _DEFAULT_META = dict(ref_id=-1, ann_id=-1, image_id=-1, category_id=-1)
 _DEFAULT_DATASET_META = dict(classes=('background', 'object'),
@@ -138,12 +137,17 @@ def build_inference_pipeline(cfg) -> Compose:
 
 
 def _read_image(image) -> (np.ndarray, Optional[str]):
-    """→ (H×W×3 uint8 BGR array, path or None)."""
+    """→ (H×W×3 uint8 BGR array, path or None).
+
+    A file is read UPRIGHT: its EXIF orientation tag is applied (mmcv's ``'color'``), since
+    the upright view is what a person describes ("the cup on the left"). Datasets instead
+    read pixels as stored, because their annotations refer to those.
+    """
     if isinstance(image, (str, Path)):
         path = str(image)
         if not osp.isfile(path):
             raise FileNotFoundError(f'inference_model: image {path!r} not found.')
-        img = mmcv.imread(path)  # BGR, as LoadImageFromFile
+        img = mmcv.imread(path, flag='color')  # BGR, EXIF orientation applied
         if img is None:
             raise ValueError(f'inference_model: {path!r} is not a readable image.')
         return img, path
@@ -166,7 +170,9 @@ def inference_model(model,
 
     Args:
         model (nn.Module): a segmentor from :func:`init_model` (needs ``model.cfg``).
-        image (str | np.ndarray): image file, or an H×W×3 BGR uint8 array.
+        image (str | np.ndarray): image file (read upright: its EXIF orientation tag
+            is applied, so the masks are in the frame a person sees), or an H×W×3 BGR
+            uint8 array (used as it is).
         texts (str | Sequence[str]): one sentence or several.
         batch_size (int): sentences per forward. Defaults to 8.
 

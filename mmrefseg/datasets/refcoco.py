@@ -15,25 +15,40 @@ Choices (LAVT's where the paper is silent):
 - **Items.** ``sentence_mode='all'`` (the default with ``test_mode=True``): one item per
   (ref, sentence), so every sentence of every ref is scored. ``sentence_mode='random'`` (the
   training default): one item per ref, and each access draws one of the ref's sentences,
-  so an epoch is one pass over the refs (LAVT). With ``sentence_seed=None`` the draw is
-  ``random.choice`` (seeded per dataloader worker by mmengine); with an int seed the
-  sentence is a fixed function of ``(seed, index)``.
+  so an epoch is one pass over the refs (LAVT). The draw is a function of
+  ``(seed, epoch, index)``: deterministic, a fresh sentence every epoch, the same again
+  after a resume (mid-epoch too). The epoch comes with the index, from
+  :class:`~mmrefseg.datasets.samplers.EpochTaggedSampler` (our configs' training sampler;
+  the index carries the epoch to every dataloader worker, persistent or not); ``seed`` is
+  ``sentence_seed``, or the sampler's seed (the run's ``randomness.seed``) when
+  ``sentence_seed=None``. An index without an epoch (mmengine's plain ``DefaultSampler``)
+  counts as epoch 0 when ``sentence_seed`` is set, and falls back to ``random.choice``
+  (not resumable) when it is None.
 - **Text** is the ``raw`` sentence (LAVT); ``text_key='sent'`` takes the refer API's
   lower-cased, punctuation-free version instead.
 - **Image name** comes from ``instances.json`` (a ref's ``file_name`` is *not* a file: it is
   ``COCO_train2014_<image id>_<ann id>.jpg``); ``height`` / ``width`` too.
 - The raw COCO ``segmentation`` (polygons or RLE) stays in the data list (it is serialized
   with it); :class:`~mmrefseg.datasets.transforms.LoadRefAnnotations` decodes it.
+- **Pixels as stored.** The annotations (and the refer API, and LAVT through PIL) refer to
+  the pixels as stored in the file, so the pipeline must load images with
+  ``LoadImageFromFile(color_type='color_ignore_orientation')``: mmcv's default ``'color'``
+  applies a JPEG's EXIF orientation tag and would rotate the image against its mask. The
+  dataset refuses a pipeline that would (``check_refer_data.py`` counts tagged images).
 """
 import gc
 import json
+import logging
 import os.path as osp
 import pickle
 import random
 from typing import List, Optional, Sequence, Tuple
 
+from mmengine.logging import print_log
 from mmseg.datasets import BaseSegDataset
 from mmseg.registry import DATASETS
+
+from .transforms.loading import check_pixels_as_stored
 
 VALID_DATASETS = ('refcoco', 'refcoco+', 'refcocog')
 VALID_SPLIT_BYS = ('unc', 'umd', 'google')
@@ -74,7 +89,9 @@ def load_refs_pickle(path: str) -> List[dict]:
             break
         except UnicodeDecodeError:
             continue
-        except Exception as e:  # truncated / not a pickle
+        except (pickle.UnpicklingError, EOFError, AttributeError, ImportError, IndexError,
+                KeyError, TypeError, ValueError) as e:  # truncated / not a pickle (see the
+            # pickle docs: load raises these for corrupt data besides UnpicklingError)
             raise ValueError(f'{path} is not a readable refs pickle ({type(e).__name__}: '
                              f'{e}). Re-download it (docs/dataset_prepare.md).') from e
     if not isinstance(refs, list) or (refs and not isinstance(refs[0], dict)):
@@ -112,7 +129,7 @@ def load_instances(path: str) -> dict:
 
 def select_refs(refs: List[dict], split: str) -> List[dict]:
     """Refs of one split, with the refer API's semantics (see module docstring)."""
-    if split in ('testA', 'testB', 'testC'):
+    if split in ('testA', 'testB'):
         return [r for r in refs if split[-1] in r['split']]
     if split == 'test':
         return [r for r in refs if 'test' in r['split']]
@@ -143,8 +160,9 @@ class RefCOCODataset(BaseSegDataset):
         sentence_mode (str, optional): ``'random'`` (one item per ref, one random sentence
             per access) or ``'all'`` (one item per sentence). Defaults to ``'all'`` when
             ``test_mode`` else ``'random'``.
-        sentence_seed (int, optional): with ``'random'``, make the sentence a fixed
-            function of ``(seed, index)``. Defaults to None (fresh draw on every access).
+        sentence_seed (int, optional): with ``'random'``, the seed of the draw, which is a
+            function of ``(seed, epoch, index)``. Defaults to None: the sampler's seed
+            (``EpochTaggedSampler``), or ``random.choice`` for an untagged index.
         text_key (str): sentence field used as text, ``'raw'`` (LAVT) or ``'sent'``.
         skip_empty_sentences (bool): drop empty sentences (and refs left with none)
             instead of raising. Defaults to False.
@@ -188,6 +206,8 @@ class RefCOCODataset(BaseSegDataset):
         self.sentence_seed = sentence_seed
         self.text_key = text_key
         self.skip_empty_sentences = skip_empty_sentences
+        self._warned_untagged = False
+        check_pixels_as_stored(pipeline, 'RefCOCODataset')
         super().__init__(
             data_root=data_root, pipeline=list(pipeline), test_mode=test_mode, **kwargs)
 
@@ -268,24 +288,40 @@ class RefCOCODataset(BaseSegDataset):
         return data_list
 
     def get_data_info(self, idx: int) -> dict:
-        """The ``idx``-th item; in ``'random'`` mode one of the ref's sentences."""
-        info = super().get_data_info(idx)
+        """The ``idx``-th item; in ``'random'`` mode one of the ref's sentences, drawn as a
+        function of ``(seed, epoch, idx)`` (``idx`` may carry the epoch: ``EpochIndex``)."""
+        info = super().get_data_info(int(idx))
         sentences = info.pop('sentences', None)
         if sentences is not None:
-            if self.sentence_seed is None:
-                sent_id, text = random.choice(sentences)
-            else:
-                rng = random.Random(f'{self.sentence_seed}-{info["sample_idx"]}')
-                sent_id, text = rng.choice(sentences)
-            info['sent_id'], info['text'] = sent_id, text
+            info['sent_id'], info['text'] = self._draw_sentence(sentences, idx,
+                                                                info['sample_idx'])
         return info
+
+    def _draw_sentence(self, sentences, idx, sample_idx: int):
+        epoch, seed = getattr(idx, 'epoch', None), self.sentence_seed
+        if seed is None:
+            seed = getattr(idx, 'seed', None)
+            if seed is None:  # untagged index, no seed: fresh (worker-seeded) draw
+                return random.choice(sentences)
+        if epoch is None and not self.test_mode and not self._warned_untagged:
+            self._warned_untagged = True
+            print_log(
+                f'RefCOCODataset: sentence_seed={seed} but the index carries no epoch (the '
+                'sampler is not EpochTaggedSampler), so every epoch draws the same sentence '
+                "of each ref. Use train_dataloader.sampler=dict(type='EpochTaggedSampler', "
+                'shuffle=True).', logger='current', level=logging.WARNING)
+        rng = random.Random(f'{seed}-{epoch or 0}-{sample_idx}')
+        return rng.choice(sentences)
 
     def prepare_data(self, idx: int):
         """Run the pipeline; a missing / unreadable image gets an error naming it."""
+        import cv2
         info = self.get_data_info(idx)
         try:
             return self.pipeline(info)
-        except Exception as e:
+        except (OSError, AssertionError, cv2.error) as e:
+            # what mmcv's LoadImageFromFile raises for a missing file (FileNotFoundError)
+            # or undecodable bytes ("failed to load image" assertion, cv2 / PIL errors)
             img_path = info['img_path']
             where = f'(ref_id {info["ref_id"]}, image_id {info["image_id"]})'
             if not osp.isfile(img_path):
@@ -303,6 +339,6 @@ def _unreadable(path: str) -> bool:
     import cv2
     try:
         return cv2.imread(path, cv2.IMREAD_UNCHANGED) is None
-    except Exception:
+    except cv2.error:
         return True
 

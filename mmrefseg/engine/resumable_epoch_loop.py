@@ -17,6 +17,12 @@ Use it in place of the stock loop::
     train_cfg = dict(type='ResumableEpochBasedTrainLoop', max_epochs=35, val_interval=1)
 
 With epoch-end checkpoints only (the default 35-epoch schedule) both loops behave the same.
+
+The sampler is built before the checkpoint is read, with the seed of the new run. When the
+run's seed is not fixed (``randomness.seed`` unset), mmengine adopts the checkpoint's seed on
+resume but the sampler keeps the new one, so the order (and the sentence draws of
+``EpochTaggedSampler``, a function of (seed, epoch, index)) would differ from the
+interrupted run's. This loop gives the sampler the run's seed when training starts.
 """
 import logging
 
@@ -65,6 +71,22 @@ class ResumableEpochBasedTrainLoop(EpochBasedTrainLoop):
                 'its first batch.', logger='current', level=logging.WARNING)
             return 0
         return done
+
+    def run(self):
+        """Train; the sampler first takes the run's (possibly resumed) seed."""
+        self._sync_sampler_seed()
+        return super().run()
+
+    def _sync_sampler_seed(self) -> None:
+        sampler = getattr(self.dataloader, 'sampler', None)
+        seed = self.runner.seed
+        if self.runner._randomness_cfg.get('diff_rank_seed', False) or seed is None or \
+                getattr(sampler, 'seed', None) in (None, seed):
+            return
+        print_log(f'ResumableEpochBasedTrainLoop: the sampler takes the run\'s seed {seed} '
+                  f'(it was built with {sampler.seed}, before the checkpoint was read).',
+                  logger='current', level=logging.INFO)
+        sampler.seed = seed
 
     def run_epoch(self) -> None:
         """Iterate one epoch, skipping the batches a resumed checkpoint already trained."""

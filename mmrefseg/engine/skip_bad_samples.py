@@ -9,9 +9,14 @@ By default nothing is skipped: a sample that fails to load raises, naming the fi
         type='SkipBadSamplesDataset', max_skips=100,
         dataset=dict(type='RefCOCODataset', ...)))
 
-A skipped sample is replaced by the next index (``idx + 1``, deterministic, so resumed runs
-see the same data), counted, and logged with its file and the error. Evaluation never
-skips: the wrapper refuses datasets in ``test_mode`` or whose ``split`` is not a training
+A skipped sample is replaced by another sample **of the same rank's shard**, counted, and
+logged with its file and the error. The substitute is the next index of this rank's shard in
+this epoch's order: :class:`~mmrefseg.datasets.EpochTaggedSampler` (our configs' training
+sampler) attaches those indices to every index it yields (``alternates``), so the choice is
+deterministic (resumed runs see the same data) and never takes a sample of another rank's
+shard (which would train it twice in the epoch). With an untagged index (another sampler)
+the substitute is ``idx + 1``, which under mmengine's ``DefaultSampler`` belongs to another
+rank's shard in a distributed run; a warning says so once. Evaluation never skips: the wrapper refuses datasets in ``test_mode`` or whose ``split`` is not a training
 split, so every test sentence is scored or the run fails.
 
 Counts are per process: with ``num_workers > 0`` each dataloader worker keeps its own count
@@ -23,8 +28,11 @@ import os
 from typing import List, Union
 
 from mmengine.dataset import BaseDataset, force_full_init
+from mmengine.dist import get_dist_info
 from mmengine.logging import print_log
 from mmseg.registry import DATASETS
+
+from ..datasets.samplers import EpochIndex
 
 __all__ = ['SkipBadSamplesDataset']
 
@@ -75,6 +83,7 @@ class SkipBadSamplesDataset:
         self.max_consecutive = max_consecutive
         self.num_skipped = 0
         self.skipped: List[tuple] = []
+        self._warned_untagged = False
         self._metainfo = getattr(dataset, 'metainfo', {})
         self._fully_initialized = False
         if not lazy_init:
@@ -110,22 +119,39 @@ class SkipBadSamplesDataset:
             return f'<index {idx}>'
         return str(info.get('img_path', f'<index {idx}>'))
 
+    def _candidates(self, idx: int) -> list:
+        """``idx``, then its substitutes in order (same rank's shard when tagged)."""
+        alternates = getattr(idx, 'alternates', None)
+        if alternates is None:
+            if not self._warned_untagged:
+                self._warned_untagged = True
+                if get_dist_info()[1] > 1:
+                    print_log(
+                        'SkipBadSamplesDataset: the sampler\'s indices carry no same-rank '
+                        'alternates, so a skipped sample is replaced by idx + 1, which may '
+                        'belong to another rank\'s shard. Use train_dataloader.sampler='
+                        "dict(type='EpochTaggedSampler', shuffle=True).", logger='current',
+                        level=logging.WARNING)
+            subs = [(int(idx) + k) % self._ori_len for k in range(1, self.max_consecutive)]
+        else:
+            subs = [EpochIndex.retag(a, idx) for a in alternates[:self.max_consecutive - 1]]
+        return [idx] + subs
+
     def __getitem__(self, idx: int):
         if not self._fully_initialized:
             self.full_init()
         first_error = None
-        for attempt in range(self.max_consecutive):
-            cur = (idx + attempt) % self._ori_len
+        candidates = self._candidates(idx)
+        for cur in candidates:
             try:
                 return self.dataset[cur]
             except Exception as e:  # noqa: BLE001 - any per-sample failure is skippable
                 first_error = first_error or e
-                self._record(cur, e)
+                self._record(int(cur), e)
         raise RuntimeError(
-            f'SkipBadSamplesDataset: {self.max_consecutive} consecutive samples (indices '
-            f'{idx}..{idx + self.max_consecutive - 1}) failed to load; this is not one bad '
-            f'file but a broken pipeline or data root. First error: {first_error!r}'
-        ) from first_error
+            f'SkipBadSamplesDataset: {len(candidates)} consecutive samples (indices '
+            f'{[int(c) for c in candidates]}) failed to load; this is not one bad file but a '
+            f'broken pipeline or data root. First error: {first_error!r}') from first_error
 
     def _record(self, idx: int, error: Exception) -> None:
         path = self._file_of(idx)

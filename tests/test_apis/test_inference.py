@@ -103,3 +103,34 @@ def test_init_model_errors():
         init_model('nope.py')
     with pytest.raises(TypeError, match='Config'):
         init_model(42)
+
+
+# ------------------------------------------------- a user's photo with an EXIF orientation
+@pytest.mark.parametrize('orientation,turn', [(6, -1), (8, 1)])
+def test_a_tagged_photo_is_segmented_upright(model, tmp_path, orientation, turn):
+    """The demo and inference_model apply the tag: the masks are in the upright frame the
+    user sees (and describes); an array is used as it is."""
+    from PIL import Image
+    stored = np.zeros((40, 64, 3), np.uint8)
+    stored[:, :16] = 255  # white stripe on the stored left
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    path = str(tmp_path / f'photo_{orientation}.jpg')
+    Image.fromarray(stored).save(path, quality=95, exif=exif)
+    (res, ) = inference_model(model, path, ['the white stripe'])
+    assert res.pred_sem_seg.data.shape == (1, 64, 40)  # upright: 64 high, 40 wide
+    assert res.ori_shape == (64, 40)
+    upright = np.rot90(stored, k=turn)  # 6: rotate 90° clockwise to show, 8: anticlockwise
+    seen = mmcv.imread(path, flag='color')
+    assert np.abs(seen.astype(int) - upright.astype(int)).mean() < 8
+    (arr, ) = inference_model(model, stored[..., ::-1].copy(), ['the white stripe'])
+    assert arr.pred_sem_seg.data.shape == (1, 40, 64)  # an array: as it is
+
+    import importlib.util
+    spec = importlib.util.spec_from_file_location('demo', osp.join(REPO, 'tools', 'demo.py'))
+    demo = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(demo)
+    out_file = str(tmp_path / 'demo.png')
+    demo.main([path, CONFIG, '--texts', 'the white stripe', '--out-file', out_file])
+    n_layers = model.cfg.model.decode_head.num_layers
+    assert mmcv.imread(out_file).shape[:2] == (64, (1 + n_layers) * 40)

@@ -51,3 +51,21 @@ def test_missing_image_and_annotation(tiny_copy, capsys):
 def test_bad_layout(tiny_root, capsys, argv, message):
     assert check.main([a.format(root=tiny_root) for a in argv]) == 1
     assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('orientation', [6, 8])
+def test_exif_tagged_images_are_counted_not_reported(tiny_copy, capsys, orientation):
+    """The annotations refer to the stored pixels: a tag is a note (and --decode-images
+    checks the stored size), not a size mismatch."""
+    from PIL import Image
+    path = osp.join(tiny_copy, 'images', 'mscoco', 'images', 'train2014', '2011_000025.jpg')
+    with Image.open(path) as im:
+        pixels = im.copy()
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    pixels.save(path, quality=95, exif=exif)  # same stored pixels, now tagged
+    assert check.main([tiny_copy, '--no-size-check', '--decode-images']) == 0
+    out = capsys.readouterr().out
+    assert (f'1 of 4 images carry an EXIF orientation tag other than 1 (tag: count '
+            f'{orientation}: 1; e.g. 2011_000025.jpg)') in out, out
+    assert 'OK: layout' in out

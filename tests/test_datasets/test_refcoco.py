@@ -10,13 +10,13 @@ import struct
 import numpy as np
 import pytest
 
-from mmrefseg.datasets import RefCOCODataset
+from mmrefseg.datasets import EpochIndex, EpochTaggedSampler, RefCOCODataset
 from mmrefseg.datasets.refcoco import load_refs_pickle
 
 from .conftest import drop_annotation, edit_instances
 
 TEST_PIPELINE = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='Resize', scale=(64, 48), keep_ratio=False),
     dict(type='LoadRefAnnotations'),
     dict(type='TokenizeText', max_length=12),
@@ -93,17 +93,69 @@ def test_random_mode_draws_every_sentence(tiny_root):
         info['sent_id']]
 
 
-def test_random_mode_with_seed_is_a_function_of_seed_and_index(tiny_root):
-    a = RefCOCODataset(data_root=tiny_root, split='train', sentence_seed=3)
-    b = RefCOCODataset(data_root=tiny_root, split='train', sentence_seed=3)
-    first = [a.get_data_info(i)['sent_id'] for i in range(len(a))]
-    assert first == [a.get_data_info(i)['sent_id'] for i in range(len(a))]
-    assert first == [b.get_data_info(i)['sent_id'] for i in range(len(b))]
-    drawn = set()
-    for seed in range(12):  # the seed is read on every access
-        a.sentence_seed = seed
-        drawn.add(a.get_data_info(0)['sent_id'])
-    assert drawn == {0, 1}
+def _epoch_draws(ds, epoch, seed=0):
+    """{index: sent_id} of one epoch as EpochTaggedSampler feeds the dataset."""
+    sampler = EpochTaggedSampler(ds, shuffle=True, seed=seed)
+    sampler.set_epoch(epoch)
+    return {int(i): ds.get_data_info(i)['sent_id'] for i in sampler}
+
+
+@pytest.mark.parametrize('sentence_seed', [3, None])
+def test_sentence_draw_is_a_function_of_seed_epoch_and_index(refer_root, sentence_seed):
+    root = refer_root(n_refs=12, n_sents=5)
+
+    def dataset():
+        return RefCOCODataset(data_root=root, split='train', sentence_seed=sentence_seed)
+
+    ds = dataset()
+    epochs = [_epoch_draws(ds, e) for e in range(6)]
+    assert epochs[0] == _epoch_draws(dataset(), 0)  # deterministic (another instance)
+    assert epochs[1] == _epoch_draws(ds, 1)  # the same again (a resume)
+    # a fresh draw every epoch: over two epochs most refs change sentence (1/5 stay)
+    assert sum(epochs[0][i] != epochs[1][i] for i in range(12)) >= 6, epochs[:2]
+    seen = {i: {e[i] for e in epochs} for i in range(12)}
+    assert min(len(v) for v in seen.values()) >= 2, seen  # more than one sentence per ref
+    # the seed is sentence_seed when set, else the sampler's (the run's randomness.seed)
+    assert (_epoch_draws(ds, 0, seed=1) == epochs[0]) == (sentence_seed is not None)
+    if sentence_seed is not None:
+        ds.sentence_seed = 4
+        assert _epoch_draws(ds, 0) != epochs[0]
+
+
+def test_epoch_reaches_persistent_workers(refer_root):
+    """The epoch travels with the index: right in persistent workers (which hold their own
+    copy of the dataset, so a dataset attribute set in the main process would not reach
+    them)."""
+    from torch.utils.data import DataLoader
+    ds = RefCOCODataset(data_root=refer_root(n_refs=12, n_sents=5), split='train')
+    sampler = EpochTaggedSampler(ds, shuffle=True, seed=7)
+    loader = DataLoader(ds, batch_size=4, sampler=sampler, num_workers=2,
+                        persistent_workers=True, collate_fn=list)
+    per_epoch = []
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        got = {info['sample_idx']: info['sent_id'] for batch in loader for info in batch}
+        assert got == {int(i): ds.get_data_info(i)['sent_id'] for i in sampler}, epoch
+        per_epoch.append(got)
+    assert per_epoch[0] != per_epoch[1]
+    assert all(isinstance(k, int) and type(k) is int for k in per_epoch[0])
+
+
+def test_untagged_index_with_a_sentence_seed_warns_once(refer_root, mm_log):
+    ds = RefCOCODataset(data_root=refer_root(n_refs=3, n_sents=2), split='train',
+                        sentence_seed=1)
+    for i in (0, 1, 2, 0):
+        ds.get_data_info(i)
+    warned = [m for m in mm_log if 'carries no epoch' in m]
+    assert len(warned) == 1 and 'EpochTaggedSampler' in warned[0], mm_log
+
+
+def test_epoch_index_pickles_with_its_tags():
+    idx = EpochIndex(5, epoch=3, seed=11, alternates=(7, 9))
+    back = pickle.loads(pickle.dumps(idx))
+    assert (int(back), back.epoch, back.seed, back.alternates) == (5, 3, 11, (7, 9))
+    assert type(back + 1) is int and EpochIndex.retag(8, idx).epoch == 3
+    assert type(EpochIndex.retag(8, 4)) is int
 
 
 def test_all_mode_for_training(tiny_root):

@@ -203,6 +203,61 @@ def test_skip_bad_samples_raises_on_a_broken_pipeline(tiny_cfg, tiny_copy):
         wrapped[0]
 
 
+class _FailsAt:
+    """A training dataset of ``n`` items whose indices in ``bad`` raise; an item is the
+    index it was asked for (with its tags)."""
+
+    def __init__(self, n, bad):
+        self.n, self.bad = n, set(bad)
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, idx):
+        if int(idx) in self.bad:
+            raise OSError(f'cannot decode item {int(idx)}')
+        return idx
+
+
+def _shard(monkeypatch, dataset, rank, world_size=2, epoch=1):
+    import mmengine.dataset.sampler as sampler_module
+
+    from mmrefseg.datasets import EpochTaggedSampler
+    monkeypatch.setattr(sampler_module, 'get_dist_info', lambda: (rank, world_size))
+    sampler = EpochTaggedSampler(dataset, shuffle=True, seed=0)
+    sampler.set_epoch(epoch)
+    return list(sampler)
+
+
+def test_skipped_sample_is_replaced_from_the_same_ranks_shard(monkeypatch):
+    n, bad = 20, {3, 4, 11}
+    ds = _FailsAt(n, bad)
+    crossed = 0  # bad indices whose idx + 1 (the old substitute) is on the other rank
+    for rank in (0, 1):
+        shard = _shard(monkeypatch, ds, rank)
+        ints = [int(i) for i in shard]
+        wrapped = SkipBadSamplesDataset(ds, max_skips=10)
+        for pos, idx in enumerate(shard):
+            got = wrapped[idx]
+            if int(idx) not in bad:
+                assert got is idx
+                continue
+            crossed += (int(idx) + 1) % n not in ints
+            # the next readable index of THIS rank's shard, same epoch
+            following = [j for j in ints[pos + 1:] + ints[:pos] if j not in bad]
+            assert int(got) == following[0] and got.epoch == 1, (rank, idx, got)
+    assert crossed >= 1  # the test covers the case the old idx + 1 got wrong
+
+
+def test_untagged_indices_fall_back_to_the_next_index_with_a_warning(monkeypatch, mm_log):
+    import mmrefseg.engine.skip_bad_samples as skip_module
+    monkeypatch.setattr(skip_module, 'get_dist_info', lambda: (0, 2))
+    wrapped = SkipBadSamplesDataset(_FailsAt(6, {2}))
+    assert [wrapped[i] for i in (2, 2)] == [3, 3]
+    warned = [m for m in mm_log if 'carry no same-rank alternates' in m]
+    assert len(warned) == 1 and 'EpochTaggedSampler' in warned[0]
+
+
 # --------------------------------------------------------------- text
 def test_long_sentence_is_truncated_keeping_sep(tiny_cfg):
     from mmrefseg.datasets.transforms import TokenizeText

@@ -76,3 +76,75 @@ def test_stock_loop_replays_the_epoch(tmp_path):
     log, runner = _interrupted_then_resumed(tmp_path, 'EpochBasedTrainLoop')
     assert len(log) == N // BATCH  # the whole 2nd epoch again, not the 4 remaining batches
     assert runner.iter == CRASH_AT + N // BATCH > EPOCHS * N // BATCH
+
+
+# ------------------------------------- sentence draws across a mid-epoch resume (issue 14 §4)
+class _Sentences(torch.utils.data.Dataset):
+    """RefCOCODataset items (one random sentence per ref and access) in ToyModel's format."""
+
+    def __init__(self, root):
+        from mmrefseg.datasets import RefCOCODataset
+        self.refs = RefCOCODataset(data_root=root, split='train', pipeline=[])
+        self.metainfo = dict(name='sentences')
+
+    def __len__(self):
+        return len(self.refs)
+
+    def __getitem__(self, idx):
+        from mmengine.structures import BaseDataElement
+        info = self.refs[idx]  # idx carries the epoch (EpochTaggedSampler)
+        sample = BaseDataElement(metainfo=dict(img_path=f'ref{info["ref_id"]}',
+                                               text=info['text']))
+        return dict(inputs=torch.tensor([float(info['sent_id'] % 7 + 1)]),
+                    data_samples=sample)
+
+
+class _RecordText(_Record):
+
+    def after_train_iter(self, runner, batch_idx, data_batch=None, outputs=None):
+        texts = [s.metainfo['text'] for s in data_batch['data_samples']]
+        self.texts = getattr(self, 'texts', []) + [(runner.iter, texts)]
+        super().after_train_iter(runner, batch_idx, data_batch, outputs)
+
+
+def _sentence_runner(work_dir, name, root, seed, resume=False, hook=None):
+    return Runner(
+        model=ToyModel(), work_dir=str(work_dir), experiment_name=name,
+        train_dataloader=dict(dataset=_Sentences(root),
+                              sampler=dict(type='EpochTaggedSampler', shuffle=True),
+                              batch_size=BATCH, num_workers=0),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
+        param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
+        train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=EPOCHS),
+        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=CKPT_EVERY,
+                                           by_epoch=False)),
+        custom_hooks=[hook] if hook else None,
+        randomness=dict(seed=seed), default_scope='mmseg', resume=resume,
+        log_level='WARNING')
+
+
+def test_sentence_draws_survive_a_mid_epoch_resume(tmp_path, refer_root):
+    """(seed, epoch, index) draws: a resumed run trains the same sentences as an
+    uninterrupted one, and the second epoch draws other sentences than the first. The run's
+    seed is NOT fixed in the config: the resumed sampler takes the checkpoint's seed."""
+    root = refer_root(n_refs=N, n_sents=5)
+    crash = _RecordText(crash_at=CRASH_AT)
+    first = _sentence_runner(tmp_path / 'run', 'a', root, seed=None, hook=crash)
+    with pytest.raises(KeyboardInterrupt):
+        first.train()
+    seed = first.seed
+    resumed = _RecordText()
+    runner = _sentence_runner(tmp_path / 'run', 'b', root, seed=None, resume=True,
+                              hook=resumed)
+    runner.train()
+    assert runner.train_loop.dataloader.sampler.seed == seed
+    ref = _RecordText()
+    _sentence_runner(tmp_path / 'ref', 'ref', root, seed=seed, hook=ref).train()
+    assert resumed.texts == ref.texts[CRASH_AT:]
+    assert crash.texts == ref.texts[:CRASH_AT]
+    assert [r[0] for r in resumed.log] == list(range(CRASH_AT, EPOCHS * N // BATCH))
+    per_epoch = [{}, {}]
+    for it, texts in ref.texts:
+        for t in texts:
+            per_epoch[it // (N // BATCH)][t.split(' sentence ')[0]] = t
+    assert sum(per_epoch[0][k] != per_epoch[1][k] for k in per_epoch[0]) >= N // 2

@@ -8,7 +8,10 @@
 Verifies the layout (``<dataset>/instances.json``, ``<dataset>/refs(<split_by>).p``, the
 image folder), counts refs / sentences / images per dataset and split, compares them with
 the published sizes, and finds annotations / images the refs name but the files lack and
-empty sentences. Prints a table; exits 1 with one line per problem (0 when all is well).
+empty sentences. It also counts the images that carry an EXIF orientation tag (read from
+the file headers): the annotations refer to the pixels as stored, and so do the datasets
+(``color_ignore_orientation``), so these are reported, not problems. Prints a table; exits 1
+with one line per problem (0 when all is well).
 """
 import argparse
 import os.path as osp
@@ -17,6 +20,7 @@ from collections import defaultdict
 
 from mmrefseg.datasets.refcoco import (DEFAULT_IMG_DIR, KNOWN_PAIRS, load_instances,
                                        load_refs_pickle, ref_sentences, refer_paths)
+from mmrefseg.datasets.transforms.loading import exif_orientation
 
 #: Published sizes (DESIGN.md "Data facts"): totals (sentences, refs, images) and the
 #: sentences per split.
@@ -50,15 +54,15 @@ def parse_args(argv=None):
 
 
 def check_pair(data_root, dataset, split_by, img_dir, size_check, decode_images):
-    """Rows of the table and the problems found for one (dataset, split_by)."""
+    """Rows of the table, the problems and the notes for one (dataset, split_by)."""
     name = f'{dataset}/{split_by}'
     ann_path, ref_path = refer_paths(data_root, dataset, split_by)
     try:
         refs = load_refs_pickle(ref_path)
         instances = load_instances(ann_path)
     except (OSError, ValueError) as e:
-        return [], [f'{name}: {e}']
-    problems = []
+        return [], [f'{name}: {e}'], []
+    problems, notes = [], []
     anns = {a['id']: a for a in instances['annotations']}
     images = {im['id']: im for im in instances['images']}
     per_split = defaultdict(lambda: dict(refs=0, sentences=0, images=set()))
@@ -94,6 +98,7 @@ def check_pair(data_root, dataset, split_by, img_dir, size_check, decode_images)
             shown = ', '.join(missing[:10]) + (' ...' if len(missing) > 10 else '')
             problems.append(f'{name}: {len(missing)} of {len(files)} images missing from '
                             f'{folder}: {shown}')
+        notes += [f'{name}: {n}' for n in _exif_note(folder, files, missing)]
         if decode_images:
             problems += [f'{name}: {p}' for p in _decode_all(folder, files, missing)]
 
@@ -114,7 +119,27 @@ def check_pair(data_root, dataset, split_by, img_dir, size_check, decode_images)
     if size_check and published and total != published['total']:
         problems.append(f'{name}: {total[0]} sentences / {total[1]} refs / {total[2]} images; '
                         'published: {} / {} / {}.'.format(*published['total']))
-    return rows, problems
+    return rows, problems, notes
+
+
+def _exif_note(folder, files, missing):
+    """One note counting the images with an EXIF orientation tag other than 1."""
+    skip = set(missing)
+    tags = defaultdict(list)
+    for file_name in files:
+        if file_name not in skip:
+            tag = exif_orientation(osp.join(folder, file_name))
+            if tag != 1:
+                tags[tag].append(file_name)
+    if not tags:
+        return
+    n = sum(len(v) for v in tags.values())
+    detail = ', '.join(f'{k}: {len(v)}' for k, v in sorted(tags.items()))
+    shown = ', '.join(sorted(f for v in tags.values() for f in v)[:5])
+    yield (f'{n} of {len(files) - len(skip)} images carry an EXIF orientation tag other '
+           f'than 1 (tag: count {detail}; e.g. {shown}). Their annotations refer to the '
+           "pixels as stored, which is how the datasets read them (color_type="
+           "'color_ignore_orientation'); a viewer shows them rotated.")
 
 
 def _decode_all(folder, files, missing):
@@ -124,7 +149,8 @@ def _decode_all(folder, files, missing):
         if file_name in skip:
             continue
         path = osp.join(folder, file_name)
-        img = cv2.imread(path, cv2.IMREAD_COLOR)
+        # as stored (the annotations' pixels), not rotated by an EXIF orientation tag
+        img = cv2.imread(path, cv2.IMREAD_COLOR | cv2.IMREAD_IGNORE_ORIENTATION)
         if img is None:
             yield f'{path} cannot be decoded (corrupt?): re-download it.'
         elif img.shape[:2] != (image['height'], image['width']):
@@ -159,14 +185,17 @@ def main(argv=None) -> int:
     from prettytable import PrettyTable
     table = PrettyTable(['dataset', 'split', 'refs', 'sentences', 'images',
                          'published sentences (total: sent. / refs / images)'])
-    problems = []
+    problems, notes = [], []
     for dataset, split_by in pairs:
-        rows, found = check_pair(root, dataset, split_by, args.img_dir,
-                                 not args.no_size_check, args.decode_images)
+        rows, found, noted = check_pair(root, dataset, split_by, args.img_dir,
+                                        not args.no_size_check, args.decode_images)
         for row in rows:
             table.add_row(row)
         problems += found
+        notes += noted
     print(table.get_string())
+    for note in notes:
+        print(f'note: {note}')
     if problems:
         print(f'\n{len(problems)} problem(s):', file=sys.stderr)
         for p in problems:

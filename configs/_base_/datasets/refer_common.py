@@ -6,8 +6,12 @@
 # ratio, no augmentation (no flip: it would need "left"/"right" swapped in the sentence),
 # at most 30 BERT tokens. At test time the annotation is loaded after Resize, so the ground
 # truth stays at the original size (RefSegMetric also scores at 448×448: "resized/" keys).
+# Images are read as stored (color_ignore_orientation): the annotations refer to the stored
+# pixels, a JPEG's EXIF orientation tag would rotate the image against its mask.
 #
-# Splits: train = one item per ref, a random sentence of the ref on each access (LAVT);
+# Splits: train = one item per ref, a random sentence of the ref on each access (LAVT),
+# drawn as a function of (seed, epoch, index): EpochTaggedSampler (mmengine's DefaultSampler
+# whose indices carry the epoch, also to persistent workers) gives the dataset the epoch;
 # val / test = one item per sentence (every sentence is scored). val_dataloader and
 # test_dataloader both use `val`; choose another split on the command line:
 #   python tools/test.py CONFIG CKPT --cfg-options test_dataloader.dataset.split=testA
@@ -18,14 +22,14 @@ max_tokens = 30
 tokenizer = 'bert-base-uncased'  # bundled vocab; or a local vocab.txt / tokenizer dir
 
 train_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='LoadRefAnnotations'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     dict(type='TokenizeText', tokenizer=tokenizer, max_length=max_tokens),
     dict(type='PackRefSegInputs'),
 ]
 test_pipeline = [
-    dict(type='LoadImageFromFile'),
+    dict(type='LoadImageFromFile', color_type='color_ignore_orientation'),
     dict(type='Resize', scale=img_scale, keep_ratio=False),
     dict(type='LoadRefAnnotations'),  # after Resize: ground truth at the original size
     dict(type='TokenizeText', tokenizer=tokenizer, max_length=max_tokens),
@@ -36,7 +40,7 @@ train_dataloader = dict(
     batch_size=1,  # per GPU; 8 GPUs × 1 = the paper's batch 8
     num_workers=2,
     persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=True),
+    sampler=dict(type='EpochTaggedSampler', shuffle=True),
     dataset=dict(
         type=dataset_type,
         data_root=data_root,

@@ -2,6 +2,9 @@
 """Referred-object mask loading: COCO segmentation (polygons / RLE) → binary mask.
 
 The mask is the **union** of every part of the annotation (every polygon, or the RLE).
+Annotations (like the refer API and LAVT, which read images with PIL) refer to the pixels
+**as stored**: a JPEG's EXIF orientation tag is not applied, so the datasets load images with
+``LoadImageFromFile(color_type='color_ignore_orientation')``.
 The refer API instead *sums* the decoded parts and LAVT keeps the pixels ``== 1``, which
 drops the (rare) pixels where two polygons of one object overlap; see docs/metrics.md.
 """
@@ -86,6 +89,13 @@ class LoadRefAnnotations(BaseTransform):
             raise KeyError(f'{where}: LoadRefAnnotations needs "height" and "width" (from the '
                            'annotation file) or a loaded image ("ori_shape").')
         if ori is not None and tuple(ori[:2]) != (h, w):
+            orientation = exif_orientation(results.get('img_path'))
+            if orientation in TRANSPOSING_ORIENTATIONS and tuple(ori[:2]) == (w, h):
+                raise ValueError(
+                    f'{where}: the image was loaded {ori[0]}×{ori[1]}, rotated by its EXIF '
+                    f'orientation tag ({orientation}), but the annotation ({h}×{w}) refers to '
+                    'the pixels as stored. Load images with LoadImageFromFile('
+                    "color_type='color_ignore_orientation') (docs/dataset_prepare.md).")
             raise ValueError(
                 f'{where}: the image file is {ori[0]}×{ori[1]} but instances.json says '
                 f'{h}×{w}. The image does not belong to this annotation: check img_dir and '
@@ -98,6 +108,50 @@ class LoadRefAnnotations(BaseTransform):
         if 'gt_seg_map' not in seg_fields:
             seg_fields.append('gt_seg_map')
         return results
+
+
+#: EXIF orientations that swap height and width (rotations by ±90°, transpositions)
+TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
+
+
+def exif_orientation(path) -> int:
+    """The EXIF orientation tag (1-8) of an image file; 1 (as stored) when it has none.
+
+    Reads the header only (PIL opens lazily). Unreadable files and non-files give 1: this
+    only explains a size mismatch, the loader reports unreadable files itself.
+    """
+    if not isinstance(path, str):
+        return 1
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im:
+            value = im.getexif().get(0x0112, 1)  # 0x0112 = Orientation
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return 1
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def check_pixels_as_stored(pipeline, owner: str) -> None:
+    """Raise unless every ``LoadImageFromFile`` of ``pipeline`` reads pixels as stored.
+
+    mmcv's default ``color_type='color'`` (and ``'grayscale'``) applies a JPEG's EXIF
+    orientation tag (OpenCV and Pillow alike); the annotations refer to the stored pixels,
+    so the mask would be misaligned (rotated or flipped) on every tagged image.
+    """
+    for t in pipeline:
+        if isinstance(t, dict):
+            kind = t.get('type', '')
+            name = getattr(kind, '__name__', str(kind))
+            color = t.get('color_type', 'color')
+        else:
+            name, color = type(t).__name__, getattr(t, 'color_type', None)
+        if name.split('.')[-1] == 'LoadImageFromFile' and color in ('color', 'grayscale'):
+            raise ValueError(
+                f"{owner}: the pipeline's LoadImageFromFile has color_type={color!r}, which "
+                'applies a JPEG\'s EXIF orientation tag, but the annotations refer to the '
+                'pixels as stored (the refer API, LAVT): the mask would be rotated against '
+                "the image. Use dict(type='LoadImageFromFile', "
+                f"color_type='{color}_ignore_orientation').")
 
 
 def _where(results: dict) -> str:
