@@ -10,7 +10,13 @@ OpenMMLab stack on today's torch"):
    for CPU modules. :func:`setup_cpu_distributed` creates the ``gloo`` process group
    itself *before* the Runner is built (the Runner then skips ``init_dist`` because
    ``torch.distributed.is_initialized()``), sets ``env_cfg.dist_cfg.backend='gloo'`` and
-   ``model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)``.
+   ``model_wrapper_cfg=dict(type='MMDistributedDataParallel', device_ids=None)``. The
+   other DDP arguments are those mmengine gives on GPU: without a ``model_wrapper_cfg``,
+   ``broadcast_buffers=False`` and the config's ``find_unused_parameters`` (default
+   False); with one, the user's dict as it is. ``broadcast_buffers=False`` (mmengine's
+   choice) means BN running statistics are not copied from rank 0 at every forward: with
+   SyncBN they are equal on every rank anyway, with plain BN each rank keeps its own and
+   the checkpoint (written by rank 0) holds rank 0's.
 2. **Mixed precision on CPU.** mmengine's ``AmpOptimWrapper`` asserts a GPU. On CPU the
    mixed precision is bf16 autocast without a gradient scaler:
    :class:`CPUAmpOptimWrapper`. :func:`enable_amp` picks the right wrapper for ``--amp``.
@@ -32,7 +38,8 @@ from mmseg.registry import OPTIM_WRAPPERS
 
 __all__ = [
     'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp', 'set_work_dir',
-    'check_config_file', 'add_launcher_args', 'parse_launcher_args', 'build_runner'
+    'check_config_file', 'add_launcher_args', 'parse_launcher_args', 'build_runner',
+    'cpu_model_wrapper_cfg'
 ]
 
 
@@ -157,6 +164,21 @@ def _slurm_env(port=None):
     os.environ['RANK'] = str(proc_id)
 
 
+def cpu_model_wrapper_cfg(cfg) -> dict:
+    """The ``model_wrapper_cfg`` of a CPU (gloo) run: DDP without device ids, and every other
+    argument as mmengine's ``Runner.wrap_model`` gives it on GPU for the same config."""
+    user_wrapper = cfg.get('model_wrapper_cfg', None)
+    wrapper = dict(user_wrapper or {})
+    wrapper.setdefault('type', 'MMDistributedDataParallel')
+    wrapper['device_ids'] = None  # CPU modules: DDP must not get device ids
+    if user_wrapper is None:
+        # mmengine on GPU without a model_wrapper_cfg; with one it passes the user's dict
+        # as it is (DDP's own defaults for the rest), and so do we
+        wrapper['broadcast_buffers'] = False
+        wrapper['find_unused_parameters'] = cfg.get('find_unused_parameters', False)
+    return wrapper
+
+
 def setup_cpu_distributed(cfg, launcher: str) -> bool:
     """Prepare a CPU (gloo) distributed run; a no-op with CUDA or ``launcher='none'``.
 
@@ -176,13 +198,7 @@ def setup_cpu_distributed(cfg, launcher: str) -> bool:
     cfg.setdefault('env_cfg', {})
     cfg.env_cfg.dist_cfg = dist_cfg
 
-    wrapper = dict(cfg.get('model_wrapper_cfg', None) or {})
-    wrapper.setdefault('type', 'MMDistributedDataParallel')
-    wrapper['device_ids'] = None  # CPU modules: DDP must not get device ids
-    if 'find_unused_parameters' in cfg and 'find_unused_parameters' not in wrapper:
-        wrapper['find_unused_parameters'] = cfg.find_unused_parameters
-    wrapper.setdefault('broadcast_buffers', False)
-    cfg.model_wrapper_cfg = wrapper
+    cfg.model_wrapper_cfg = cpu_model_wrapper_cfg(cfg)
 
     if not torch_dist.is_initialized():
         kwargs = {k: v for k, v in dist_cfg.items() if k not in ('backend', 'port')}

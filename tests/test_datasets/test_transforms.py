@@ -113,14 +113,29 @@ def test_truncation_keeps_sep():
     assert out['text_mask'].tolist() == [1] * 6
 
 
-def test_truncation_is_counted_and_logged_once(capsys):
+def test_truncation_is_counted_and_logged_once(mm_log):
     t = TokenizeText(max_length=6)
     for i in range(3):
         t(dict(text='the lady with the blue shirt', ref_id=i))
     t(dict(text='the lady with', ref_id=9))  # fits: 5 tokens
     assert t.num_truncated == 3
-    out = capsys.readouterr()
-    assert (out.out + out.err).count('max_length=6 tokens was truncated (ref_id 0') <= 1
+    reports = [m for m in mm_log if 'truncated' in m]  # mmengine's logger, any handler
+    assert len(reports) == 1, mm_log
+    assert 'max_length=6 tokens was truncated (ref_id 0' in reports[0]
+
+
+@pytest.mark.parametrize('source', ['bert-base-uncased', 'vocab file', 'directory'])
+def test_do_lower_case_applies_to_bundled_vocab_file_and_directory(source):
+    tokenizer = {'vocab file': VOCAB, 'directory': osp.dirname(VOCAB)}.get(source, source)
+    text = dict(text='The Cat')
+
+    def ids(**kw):
+        return TokenizeText(tokenizer=tokenizer, max_length=6, **kw)(text)['text_ids'][:4]
+
+    assert ids().tolist() == [101, 1996, 4937, 102]  # default: lower-cased (uncased BERT)
+    assert ids(do_lower_case=True).tolist() == [101, 1996, 4937, 102]
+    # not lower-cased: 'The' / 'Cat' are not in the uncased vocabulary → [UNK]
+    assert ids(do_lower_case=False).tolist() == [101, 100, 100, 102]
 
 
 def test_tokenizer_errors():

@@ -141,3 +141,10 @@ def test_clear_errors(tmp_path):
         enc(torch.tensor([[101, 500]]), torch.ones(1, 2, dtype=torch.long))
     with pytest.raises(ValueError, match='B×Nt'):
         enc(IDS, MASK[:, :3])
+
+
+def test_init_cfg_is_refused_with_the_way_to_load_weights():
+    """An init_cfg did nothing (init_weights loads from name_or_path): it must not pass."""
+    with pytest.raises(ValueError, match='init_cfg.*name_or_path with pretrained=True'):
+        tiny(init_cfg=dict(type='Pretrained', checkpoint='bert.pth'))
+    assert tiny(init_cfg=None).init_cfg is None

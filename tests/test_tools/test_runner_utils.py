@@ -45,6 +45,53 @@ def test_pytorch_launcher_on_cpu_sets_up_gloo(monkeypatch, free_port):
                                          broadcast_buffers=False)
 
 
+def _mmengine_gpu_ddp_kwargs(monkeypatch, cfg):
+    """The DDP arguments mmengine 0.10.7's ``Runner.wrap_model`` passes in a distributed GPU
+    run of ``cfg`` (its code run with the wrapper recorded instead of built)."""
+    import copy
+    import types
+
+    import mmengine.runner.runner as runner_module
+    from mmengine.logging import MMLogger
+    from torch.nn.parallel import DistributedDataParallel
+    seen = {}
+
+    class _Wrappers:
+
+        def get(self, name):
+            return DistributedDataParallel
+
+        def build(self, wrapper_cfg, default_args):
+            seen.update(wrapper_cfg, **default_args)
+
+    monkeypatch.setattr(runner_module, 'MMDistributedDataParallel',
+                        lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(runner_module, 'MODEL_WRAPPERS', _Wrappers())
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    fake_runner = types.SimpleNamespace(distributed=True, cfg=cfg,
+                                        logger=MMLogger.get_current_instance())
+    runner_module.Runner.wrap_model(fake_runner, copy.deepcopy(cfg.get('model_wrapper_cfg')),
+                                    torch.nn.Linear(1, 1))
+    return {k: v for k, v in seen.items() if k not in ('module', 'device_ids', 'type')}
+
+
+@pytest.mark.parametrize('extra', [
+    dict(),
+    dict(find_unused_parameters=True),
+    dict(model_wrapper_cfg=dict(type='MMDistributedDataParallel', static_graph=True)),
+    dict(find_unused_parameters=True,
+         model_wrapper_cfg=dict(type='MMDistributedDataParallel', broadcast_buffers=True)),
+], ids=['default', 'find_unused', 'own_wrapper', 'own_wrapper_and_find_unused'])
+def test_cpu_ddp_arguments_are_mmengines_gpu_choice(monkeypatch, extra):
+    """broadcast_buffers (and find_unused_parameters) are what mmengine gives on GPU."""
+    from mmrefseg.engine.runner_utils import cpu_model_wrapper_cfg
+    cfg = _cfg(**extra)
+    cpu = cpu_model_wrapper_cfg(cfg)
+    assert cpu['device_ids'] is None and cpu['type'] == 'MMDistributedDataParallel'
+    cpu = {k: v for k, v in cpu.items() if k not in ('device_ids', 'type')}
+    assert cpu == _mmengine_gpu_ddp_kwargs(monkeypatch, cfg)
+
+
 @cpu_only
 def test_pytorch_launcher_without_env_names_the_fix(monkeypatch):
     for k in ('RANK', 'WORLD_SIZE', 'MASTER_ADDR', 'MASTER_PORT'):
@@ -97,3 +144,51 @@ def test_work_dir_priority_and_config_check(tmp_path):
     assert cfg.work_dir == str(tmp_path)
     with pytest.raises(FileNotFoundError, match='no_such_config.py'):
         check_config_file('no_such_config.py')
+
+
+# ------------------------------------------------------------------ --auto-scale-lr
+def _train_tool():
+    import importlib.util
+    import os.path as osp
+    repo = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location('train_tool',
+                                                  osp.join(repo, 'tools', 'train.py'))
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    return tool, repo
+
+
+@pytest.mark.parametrize('config,world_size,ratio', [
+    ('mpg_lqgnet_swinb_refcoco_1xb2-acc4.py', 1, 1.0),  # 2 images × 4 steps = batch 8
+    ('mpg_lqgnet_swinb_refcoco.py', 8, 1.0),            # 8 GPUs × 1 image (the paper)
+    ('mpg_lqgnet_swinb_refcoco.py', 4, 0.5),
+    ('mpg_lqgnet_tiny_refer.py', 1, 0.25),              # batch 2, no accumulation
+])
+def test_auto_scale_lr_counts_processes_batch_and_accumulation(monkeypatch, config,
+                                                               world_size, ratio):
+    import os.path as osp
+    import types
+
+    from mmengine.logging import MMLogger
+    from mmengine.optim import OptimWrapper
+    from mmengine.runner import Runner
+    tool, repo = _train_tool()
+    path = osp.join(repo, 'configs', config)
+    monkeypatch.setenv('LOCAL_RANK', '0')
+    assert tool.parse_args([path, '--auto-scale-lr']).auto_scale_lr
+    cfg = Config.fromfile(path)
+    assert not cfg.auto_scale_lr.enable  # off unless the flag is given
+    tool.enable_auto_scale_lr(cfg)
+    wrapper = OptimWrapper(torch.optim.SGD(torch.nn.Linear(1, 1).parameters(), lr=1.0))
+    # mmengine 0.10.7's own scaling, with this config and world size
+    fake_runner = types.SimpleNamespace(_train_dataloader=cfg.train_dataloader,
+                                        world_size=world_size, param_schedulers=None,
+                                        logger=MMLogger.get_current_instance())
+    Runner.scale_lr(fake_runner, wrapper, cfg.auto_scale_lr)
+    assert wrapper.optimizer.param_groups[0]['lr'] == pytest.approx(ratio)
+
+
+def test_auto_scale_lr_without_the_config_key_names_it():
+    tool, _ = _train_tool()
+    with pytest.raises(RuntimeError, match='auto_scale_lr=dict'):
+        tool.enable_auto_scale_lr(Config(dict(optim_wrapper=dict())))

@@ -31,5 +31,6 @@ default_hooks = dict(
                     save_best='oIoU', rule='greater'),
     sampler_seed=dict(type='DistSamplerSeedHook'),
     visualization=dict(type='SegVisualizationHook'))
-# batch 8 in total (paper); used by --auto-scale-lr only.
+# batch 8 in total (paper); used by `tools/train.py --auto-scale-lr` only (lr × effective
+# batch / 8, the effective batch counting processes and accumulation steps).
 auto_scale_lr = dict(enable=False, base_batch_size=8)

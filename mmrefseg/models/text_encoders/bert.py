@@ -86,7 +86,9 @@ class BertTextEncoder(BaseModule):
             layers (0 = train everything, the paper's recipe). Default 0.
         hf_kwargs (dict | None): extra kwargs for ``from_pretrained`` of the weights or
             of the config (e.g. ``local_files_only=True``, ``cache_dir=...``).
-        init_cfg: unused by the weights (see the module docstring); kept for mmengine.
+        init_cfg: must be None: the weights come from ``name_or_path`` with
+            ``pretrained=True`` (a hub name or a ``save_pretrained`` folder), or from an
+            mmrefseg checkpoint (``load_from`` / ``init_model``).
 
     Note:
         With ``pretrained=True`` the weights are loaded by :meth:`init_weights` (the Runner
@@ -108,6 +110,11 @@ class BertTextEncoder(BaseModule):
                  frozen_layers=0,
                  hf_kwargs=None,
                  init_cfg=None):
+        if init_cfg is not None:
+            raise ValueError(
+                f'BertTextEncoder: init_cfg={init_cfg} is not supported; BERT weights come '
+                'from name_or_path with pretrained=True (a hub name or a save_pretrained '
+                'folder), or from an mmrefseg checkpoint (load_from / init_model).')
         super().__init__(init_cfg=init_cfg)
         self.name_or_path = name_or_path
         self.pretrained = bool(pretrained and name_or_path is not None)
