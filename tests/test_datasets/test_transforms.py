@@ -18,6 +18,7 @@ from mmrefseg.datasets import (REF_META_KEYS, LoadRefAnnotations, PackRefSegInpu
 from .conftest import TEST_DATA, TINY_ROOT, VOCAB
 
 LADY = [101, 1996, 3203, 2007, 1996, 2630, 3797, 102]  # "the lady with the blue shirt"
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _instances():
@@ -180,7 +181,7 @@ def test_pack_ref_seg_inputs():
     ('refcoco_unc', 'refcoco', 'unc'), ('refcoco+_unc', 'refcoco+', 'unc'),
     ('refcocog_umd', 'refcocog', 'umd'), ('refcocog_google', 'refcocog', 'google')])
 def test_dataset_configs(name, dataset, split_by):
-    cfg = Config.fromfile(osp.join('configs', '_base_', 'datasets', f'{name}.py'))
+    cfg = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'datasets', f'{name}.py'))
     for loader, split in ((cfg.train_dataloader, 'train'), (cfg.val_dataloader, 'val'),
                           (cfg.test_dataloader, 'val')):
         d = loader.dataset
@@ -197,7 +198,10 @@ def test_dataset_configs(name, dataset, split_by):
 
 
 def test_tiny_config_pipelines_run():
-    cfg = Config.fromfile(osp.join('configs', '_base_', 'datasets', 'tiny_refer.py'))
+    cfg = Config.fromfile(osp.join(REPO, 'configs', '_base_', 'datasets', 'tiny_refer.py'))
+    assert cfg.train_dataloader.dataset.data_root == 'tests/data/tiny_refer'  # repo-relative
+    for loader in (cfg.train_dataloader, cfg.test_dataloader):
+        loader.dataset.data_root = TINY_ROOT
     kwargs = {k: v for k, v in cfg.train_dataloader.dataset.items() if k != 'type'}
     train = RefCOCODataset(**kwargs)[0]
     assert train['inputs'].shape == (3, 448, 448)

@@ -14,14 +14,13 @@ import re
 from collections import OrderedDict
 
 import pytest
+import timm.models.swin_transformer as timm_swin  # a test requirement (requirements.txt)
 import torch
 import torch.nn.functional as F
 
 import mmrefseg  # noqa: F401
 from mmrefseg.models.backbones import BSAMSwinTransformer, detect_swin_layout
 from mmseg.models.backbones.swin import SwinTransformer
-
-timm_swin = pytest.importorskip('timm.models.swin_transformer')
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 ARCH = dict(depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8), window_size=4)
