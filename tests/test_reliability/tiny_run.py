@@ -38,6 +38,7 @@ def write_config(path, n_iters, ckpt_every=None, hooks=(), batch=2, val=False,
         model.backbone.norm_cfg = model.decode_head.norm_cfg = norm_cfg
     for loader in (cfg.train_dataloader, cfg.val_dataloader, cfg.test_dataloader):
         loader.update(num_workers=0, persistent_workers=False)
+        loader.dataset.data_root = osp.join(REPO, loader.dataset.data_root)  # any cwd
         for t in loader.dataset.pipeline:
             if t['type'] == 'Resize':
                 t['scale'] = img
