@@ -5,7 +5,8 @@
         --out-file demo.png [--device cpu] [--opacity 0.5]
 
 One row per sentence: the predicted mask over the image with the sentence, then the
-mask prior of every LQPG layer as a heat map (the view of the paper's Figs. 5-7).
+mask prior of every LQPG layer as a heat map (the view of the paper's Figs. 5-7;
+``--no-priors``: the mask only, and the priors are not computed).
 Without CHECKPOINT the model has its initial (untrained) weights - useful only to check
 the installation. A photo is read upright (its EXIF orientation tag applied, as a viewer
 shows it), since that is the view the sentences describe ("on the left").
@@ -40,6 +41,8 @@ def parse_args(argv=None):
                         help='opacity of the mask overlay, in (0, 1]')
     parser.add_argument('--normalize-priors', action='store_true',
                         help='stretch each prior heat map to its own min-max')
+    parser.add_argument('--no-priors', action='store_true',
+                        help='draw the masks only (the priors are then not computed)')
     parser.add_argument('--show', action='store_true', help='also show the picture')
     parser.add_argument('--cfg-options', nargs='+', action=DictAction,
                         help='override config settings, xxx=yyy')
@@ -52,10 +55,12 @@ def main(argv=None):
         raise FileNotFoundError(f'demo: image {args.img!r} not found.')
     model = init_model(args.config, args.checkpoint, device=args.device,
                        cfg_options=args.cfg_options)
-    results = inference_model(model, args.img, args.texts)
 
     visualizer = RefSegLocalVisualizer(alpha=args.opacity,
-                                       normalize_priors=args.normalize_priors)
+                                       normalize_priors=args.normalize_priors,
+                                       draw_priors=not args.no_priors)
+    results = inference_model(model, args.img, args.texts,
+                              return_priors=visualizer.draw_priors)
     image = mmcv.imread(args.img, flag='color', channel_order='rgb')  # upright, as inference
     drawn = visualizer.draw_samples(image, results, draw_gt=False)
     mmcv.imwrite(mmcv.rgb2bgr(drawn), args.out_file)

@@ -3,10 +3,12 @@
 
     >>> from mmrefseg.apis import init_model, inference_model
     >>> model = init_model('configs/mpg_lqgnet_tiny_refer.py', 'iter_20.pth', device='cpu')
-    >>> results = inference_model(model, 'demo.jpg', ['the cat on the left', 'the remote'])
+    >>> results = inference_model(model, 'demo.jpg', ['the cat on the left', 'the remote'],
+    ...                           return_priors=True)
     >>> results[0].pred_sem_seg.data.shape     # 1×H×W, {0, 1}, original resolution
     >>> results[0].seg_logits.data.shape       # 2×H×W logits (softmax[1] = score map)
     >>> results[0].mask_priors.data.shape      # N_l×H×W prior foreground probabilities
+    ...                                        # (only with return_priors=True)
 
 The test pipeline is the config's ``test_dataloader.dataset.pipeline`` without the
 annotation loading, fed with the image in memory. MPG-LQGNet fuses language into every
@@ -165,7 +167,8 @@ def _read_image(image) -> (np.ndarray, Optional[str]):
 def inference_model(model,
                     image: Union[str, np.ndarray],
                     texts: Union[str, Sequence[str]],
-                    batch_size: int = 8) -> List:
+                    batch_size: int = 8,
+                    return_priors: bool = False) -> List:
     """Segment what each sentence refers to in ``image``.
 
     Args:
@@ -175,12 +178,16 @@ def inference_model(model,
             uint8 array (used as it is).
         texts (str | Sequence[str]): one sentence or several.
         batch_size (int): sentences per forward. Defaults to 8.
+        return_priors (bool): also compute the LQPG mask priors (``mask_priors``).
+            Defaults to False (they cost N_l×H×W×4 bytes per sentence: 1.15 GB for
+            N_l = 6 on an 8000×6000 image).
 
     Returns:
         list[SegDataSample]: one per sentence, in order, each with ``pred_sem_seg``
-        (1×H×W), ``seg_logits`` (2×H×W) and, when the head makes them, ``mask_priors``
-        (N_l×H×W foreground probabilities), all at the original H×W; ``text`` and
-        ``sent_id`` (index in ``texts``) in the metainfo.
+        (1×H×W uint8 in {0, 1}), ``seg_logits`` (2×H×W) and, with ``return_priors`` and a
+        head that makes them, ``mask_priors`` (N_l×H×W foreground probabilities), all at
+        the original H×W; ``input_pred_sem_seg`` (the mask at the network input size);
+        ``text`` and ``sent_id`` (index in ``texts``) in the metainfo.
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -214,16 +221,18 @@ def inference_model(model,
     with torch.no_grad():
         for start in range(0, len(items), batch_size):
             chunk = items[start:start + batch_size]
-            data = dict(inputs=[it['inputs'] for it in chunk],
-                        data_samples=[it['data_samples'] for it in chunk])
-            outputs.extend(model.test_step(data))
+            data = model.data_preprocessor(
+                dict(inputs=[it['inputs'] for it in chunk],
+                     data_samples=[it['data_samples'] for it in chunk]), False)
+            outputs.extend(model.predict(data['inputs'], data['data_samples'],
+                                         return_logits=True, return_priors=return_priors))
     model.train(was_training)
     for i, sample in enumerate(outputs):
         if 'text' not in sample.metainfo:
             sample.set_metainfo(dict(text=texts[i]))
         if 'sent_id' not in sample.metainfo:
             sample.set_metainfo(dict(sent_id=i))
-    if outputs and 'mask_priors' not in outputs[0]:
+    if return_priors and outputs and 'mask_priors' not in outputs[0]:
         warnings.warn('inference_model: the model returned no `mask_priors` (its head makes '
                       'no priors); only the mask and the score map are available.')
     return outputs

@@ -12,11 +12,14 @@ paper's Figs. 5-7)::
   already at the original resolution, docs/interfaces.md "Model") as a JET heat map
   blended with the image. Probabilities are drawn on the absolute [0, 1] scale, so the
   layers are comparable (``normalize_priors=True`` stretches each to its own min-max).
+  The model computes the priors only on request (``draw_priors`` says that this
+  visualizer wants them; see its docstring for who asks the model).
 
 So a row is ``H × (n_panels·W) × 3`` with ``n_panels = [1] + 1 + N_l``; rows stack
 vertically. Used by mmseg's ``SegVisualizationHook`` (``tools/test.py --show-dir``) through
 :meth:`add_datasample`, and by ``tools/demo.py`` through :meth:`draw_samples`.
 """
+import logging
 from typing import List, Optional, Sequence
 
 import cv2
@@ -24,6 +27,7 @@ import mmcv
 import numpy as np
 import torch
 from mmengine.dist import master_only
+from mmengine.logging import print_log
 from mmseg.registry import VISUALIZERS
 from mmseg.visualization import SegLocalVisualizer
 
@@ -50,6 +54,11 @@ class RefSegLocalVisualizer(SegLocalVisualizer):
         pred_color / gt_color (tuple[int]): RGB colours of the predicted / GT mask.
         normalize_priors (bool): stretch every prior map to its own [min, max] instead of
             the absolute probability scale. Defaults to False.
+        draw_priors (bool): draw the prior panels. The model computes the priors only on
+            request, so whoever runs it asks for them when this is True:
+            ``tools/test.py --show-dir`` sets ``model.test_cfg.return_priors``,
+            ``tools/demo.py`` calls ``inference_model(..., return_priors=True)``.
+            Defaults to True.
         draw_text (bool): write the sentence and the panel titles. Defaults to True.
         **kwargs: passed to :class:`mmseg.visualization.SegLocalVisualizer`.
     """
@@ -64,6 +73,7 @@ class RefSegLocalVisualizer(SegLocalVisualizer):
                  pred_color: Sequence[int] = (230, 40, 40),
                  gt_color: Sequence[int] = (40, 200, 40),
                  normalize_priors: bool = False,
+                 draw_priors: bool = True,
                  draw_text: bool = True,
                  **kwargs):
         if not 0 < alpha <= 1 or not 0 <= prior_alpha <= 1:
@@ -75,7 +85,9 @@ class RefSegLocalVisualizer(SegLocalVisualizer):
         self.pred_color = np.array(pred_color, dtype=np.float32)
         self.gt_color = np.array(gt_color, dtype=np.float32)
         self.normalize_priors = normalize_priors
+        self.draw_priors = draw_priors
         self.draw_text = draw_text
+        self._warned_no_priors = False
 
     # ------------------------------------------------------------------ panels
     def _overlay(self, image: np.ndarray, mask, color: np.ndarray) -> np.ndarray:
@@ -171,7 +183,9 @@ class RefSegLocalVisualizer(SegLocalVisualizer):
         if data_sample is not None and draw_pred and 'pred_sem_seg' in data_sample:
             panels.append(self._caption(
                 self._overlay(image, data_sample.pred_sem_seg.data, self.pred_color), text))
-            if 'mask_priors' in data_sample:
+            if self.draw_priors and 'mask_priors' not in data_sample:
+                self._warn_no_priors()
+            if self.draw_priors and 'mask_priors' in data_sample:
                 priors = data_sample.mask_priors.data
                 for layer in range(priors.shape[0]):
                     panels.append(self._caption(
@@ -180,6 +194,16 @@ class RefSegLocalVisualizer(SegLocalVisualizer):
         if not panels:  # nothing to draw: the image with its sentence
             panels.append(self._caption(image.copy(), text))
         return np.concatenate(panels, axis=1)
+
+    def _warn_no_priors(self) -> None:
+        if not self._warned_no_priors:
+            print_log('RefSegLocalVisualizer(draw_priors=True): the data samples carry no '
+                      '`mask_priors`. The model computes them only on request: set '
+                      'model.test_cfg.return_priors=True (tools/test.py --show-dir does) or '
+                      'call inference_model(..., return_priors=True); a head without priors '
+                      '(use_lqpg=False) never makes them. Drawing the masks only.',
+                      logger='current', level=logging.WARNING)
+            self._warned_no_priors = True
 
     def draw_samples(self, image: np.ndarray, data_samples, draw_gt: bool = True,
                      draw_pred: bool = True) -> np.ndarray:

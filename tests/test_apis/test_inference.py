@@ -26,7 +26,7 @@ def model():
 
 @pytest.fixture(scope='module')
 def results(model):
-    return inference_model(model, IMAGE, TEXTS)
+    return inference_model(model, IMAGE, TEXTS, return_priors=True)
 
 
 def test_one_result_per_sentence_at_original_resolution(model, results):
@@ -45,6 +45,17 @@ def test_one_result_per_sentence_at_original_resolution(model, results):
         assert torch.equal(r.pred_sem_seg.data[0],
                            r.seg_logits.data.argmax(0).to(r.pred_sem_seg.data.dtype))
         assert r.img_path == IMAGE
+
+
+def test_priors_only_with_return_priors(model, results):
+    """Without return_priors nothing computes the N_l×H×W priors; the masks and logits are
+    the same either way (h6's web UI and the demo ask for them)."""
+    plain = inference_model(model, IMAGE, TEXTS)
+    for p, r in zip(plain, results):
+        assert 'mask_priors' not in p and 'mask_priors' in r
+        assert torch.equal(p.pred_sem_seg.data, r.pred_sem_seg.data)
+        torch.testing.assert_close(p.seg_logits.data, r.seg_logits.data)
+        assert p.input_pred_sem_seg.data.shape[-2:] == tuple(p.img_shape)
 
 
 def test_sentences_change_the_prediction(results):

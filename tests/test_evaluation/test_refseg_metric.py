@@ -14,6 +14,7 @@ from mmseg.structures import SegDataSample
 from mmrefseg.evaluation import RefSegMetric
 
 KEYS = ['oIoU', 'mIoU', 'P@0.5', 'P@0.6', 'P@0.7', 'P@0.8', 'P@0.9']
+REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 
 
 def _mask(*pixels, shape=(4, 4)):
@@ -43,13 +44,19 @@ EXPECTED = {
 }
 
 
-def _sample(pred, gt, logits=None, img_shape=None, idx=0):
+def _sample(pred, gt, logits=None, img_shape=None, idx=0, input_pred=None):
+    """A predicted sample; ``input_pred`` defaults to ``pred`` when the input size is the
+    original size (as RefEncoderDecoder's would be)."""
     s = SegDataSample()
     s.pred_sem_seg = PixelData(data=torch.as_tensor(pred)[None])
     s.gt_sem_seg = PixelData(data=torch.as_tensor(gt)[None])
     if logits is None:  # logits consistent with the prediction
         logits = torch.stack([torch.zeros(pred.shape), torch.as_tensor(pred) * 2. - 1])
     s.seg_logits = PixelData(data=torch.as_tensor(logits, dtype=torch.float32))
+    if input_pred is None and (img_shape is None or tuple(img_shape) == pred.shape):
+        input_pred = pred
+    if input_pred is not None:
+        s.input_pred_sem_seg = PixelData(data=torch.as_tensor(input_pred)[None])
     s.set_metainfo(dict(img_shape=img_shape or pred.shape, ori_shape=pred.shape,
                         ref_id=100 + idx, sent_id=200 + idx, ann_id=300 + idx,
                         image_id=400 + idx, text=f'sentence {idx}'))
@@ -82,16 +89,14 @@ def _records(samples):
     return metric.results
 
 
-def test_resized_resolution_uses_logits_at_input_size():
-    # 4×4 original, 2×2 model input: bilinear ×0.5 averages 2×2 blocks of logits
+def test_resized_gt_resize_modes():
+    # 4×4 original, 2×2 model input; the prediction at the input is pixel (0, 0)
     pred = _mask((0, 0), (0, 1), (1, 0))
-    logits = torch.stack([torch.zeros(4, 4), torch.as_tensor(pred) * 2. - 1])
     gt = _mask((0, 0))
-    s = _sample(pred, gt, logits=logits, img_shape=(2, 2))
+    s = _sample(pred, gt, img_shape=(2, 2), input_pred=_mask((0, 0), shape=(2, 2)))
     _, res = _evaluate([s])
     assert res['oIoU'] == pytest.approx(100 / 3)  # I 1, U 3 at 4×4
-    # block (0, 0) has logit mean 0.5 > 0 → foreground. The GT resized at pixel centres
-    # (PIL / LAVT, default) takes pixel (1, 1) = 0 → I 0, U 1
+    # the GT resized at pixel centres (PIL / LAVT, default) takes pixel (1, 1) = 0 → I 0, U 1
     assert res['resized/oIoU'] == 0.0
     # floor(i * scale) (cv2 / mmcv) keeps pixel (0, 0) → I 1, U 1
     _, res = _evaluate([s], gt_resize_mode='nearest')
@@ -100,12 +105,70 @@ def test_resized_resolution_uses_logits_at_input_size():
     assert list(res) == KEYS
 
 
-def test_without_logits_falls_back_to_prediction():
+def _tiny_model():
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+    from mmseg.registry import MODELS
+
+    import mmrefseg  # noqa: F401
+    init_default_scope('mmseg')
+    cfg = Config.fromfile(osp.join(REPO, 'configs/_base_/models/mpg_lqgnet_tiny.py'))
+    return MODELS.build(cfg.model).eval()
+
+
+def test_resized_protocol_hand_computed_where_the_protocols_differ():
+    """Logits at a 2×2 input, a 4×4 original image, GT = the top-left 2×2 block.
+
+    Foreground margin m = y1 − y0 at the input: [[1, −4], [−4, −4]].
+    - original (bilinear, align_corners=False: output pixel i samples the input at
+      (i + 0.5)/2 − 0.5 = −0.25, 0.25, 0.75, 1.25, clamped): m(0,0) = 1,
+      m(0,1) = m(1,0) = 0.75·1 + 0.25·(−4) = −0.25, m(1,1) = 0.5625 − 1.75 = −1.1875,
+      so the prediction is pixel (0, 0) only: I 1, U 4 → 25 %.
+    - resized, at the input: argmax → pixel (0, 0); GT nearest at pixel centres:
+      GT_r(i, j) = GT(2i + 1, 2j + 1) → pixel (0, 0): I 1, U 1 → 100 %.
+    - the former protocol (original-size logits resized back to 2×2 and argmaxed):
+      m'(0,0) = mean(1, −0.25, −0.25, −1.1875) < 0 → background: I 0, U 1 → 0 %.
+    """
+    model = _tiny_model()
+    logits = torch.stack([torch.zeros(2, 2), torch.tensor([[1., -4.], [-4., -4.]])])[None]
+    s = SegDataSample(metainfo=dict(img_shape=(2, 2), ori_shape=(4, 4), pad_shape=(2, 2),
+                                    ref_id=1, sent_id=2, ann_id=3, image_id=4, text='x'))
+    s.gt_sem_seg = PixelData(data=torch.as_tensor(_mask(*SQUARE))[None])
+    out = model.postprocess_result(logits, [s])[0]
+    assert out.pred_sem_seg.data[0].tolist() == _mask((0, 0)).tolist()
+    assert out.input_pred_sem_seg.data[0].tolist() == [[1, 0], [0, 0]]
+    expect_m = torch.tensor([[1., -.25], [-.25, -1.1875]])
+    torch.testing.assert_close(out.seg_logits.data[1, :2, :2], expect_m)
+    _, res = _evaluate([out])
+    assert res['oIoU'] == pytest.approx(25.) and res['resized/oIoU'] == pytest.approx(100.)
+    # the former protocol, from the original-size logits (the fallback for other models)
+    del out.input_pred_sem_seg
+    with pytest.warns(UserWarning, match='no "input_pred_sem_seg"'):
+        metric, res = _evaluate([out])
+    assert res['resized/oIoU'] == 0.0
+    assert 'approximation' in metric.last_protocol['resized']
+
+
+def test_without_input_prediction_falls_back_to_logits_then_prediction():
     s = _case_samples()[0]
-    del s.seg_logits
-    with pytest.warns(UserWarning, match='no "seg_logits"'):
+    del s.input_pred_sem_seg
+    with pytest.warns(UserWarning, match='resizes "seg_logits"'):
         _, res = _evaluate([s])
     assert res['resized/oIoU'] == pytest.approx(100 / 3)
+    del s.seg_logits
+    with pytest.warns(UserWarning, match='resizes "pred_sem_seg"'):
+        _, res = _evaluate([s])
+    assert res['resized/oIoU'] == pytest.approx(100 / 3)
+
+
+def test_protocol_and_records_for_reports():
+    metric, _ = _evaluate(_case_samples())
+    assert metric.last_protocol['input_size'] == '4×4'
+    assert "argmax of the logits at the network input" in metric.last_protocol['resized']
+    assert 'nearest-exact' in metric.last_protocol['resized']
+    assert [r['sent_id'] for r in metric.last_records] == list(range(200, 207))
+    assert set(metric.last_records[0]) == {'ref_id', 'sent_id', 'ann_id', 'image_id', 'text',
+                                           'I', 'U', 'IoU', 'I_r', 'U_r', 'IoU_r'}
 
 
 def test_out_file(tmp_path):
@@ -113,6 +176,7 @@ def test_out_file(tmp_path):
     _, res = _evaluate(_case_samples(), out_file=out)
     with open(out) as f:
         dump = json.load(f)
+    assert set(dump) == {'metrics', 'protocol', 'samples'}
     assert dump['metrics'] == pytest.approx(res)
     first = dump['samples'][0]
     assert first == dict(ref_id=100, sent_id=200, ann_id=300, image_id=400,
@@ -136,7 +200,7 @@ def test_log_table(capsys):
     metric = RefSegMetric()
     metric.process({}, [s.to_dict() for s in _case_samples()])
     table = metric._table(*[metric.compute_metrics(metric.results)] * 2, n=7)
-    assert 'resized (input size)' in table and '62.16' in table
+    assert 'resized (input 4×4)' in table and '62.16' in table
 
 
 # ---------------------------------------------------------------- distributed

@@ -124,6 +124,7 @@ def test_train_step_loss_keys_and_every_parameter_gets_gradient():
 
 def test_predict_original_size_flip_and_priors():
     model = build().eval()
+    model.test_cfg['return_priors'] = True
     with torch.no_grad():
         data = model.data_preprocessor(batch(ori_shape=(100, 80)), training=False)
         out = model(**data, mode='predict')
@@ -132,14 +133,87 @@ def test_predict_original_size_flip_and_priors():
     for s in out:
         assert s.seg_logits.shape == (100, 80) and s.seg_logits.data.shape[0] == 2
         assert s.pred_sem_seg.data.shape == (1, 100, 80)
+        assert s.pred_sem_seg.data.dtype == torch.uint8
         assert set(s.pred_sem_seg.data.unique().tolist()) <= {0, 1}
-        assert torch.equal(s.pred_sem_seg.data[0], s.seg_logits.data.argmax(0))
+        assert torch.equal(s.pred_sem_seg.data[0], s.seg_logits.data.argmax(0).byte())
+        assert s.input_pred_sem_seg.data.shape == (1, S, S)
         assert s.mask_priors.data.shape == (2, 100, 80)  # N_l × H × W
         assert 0 <= s.mask_priors.data.min() and s.mask_priors.data.max() <= 1
     # flip is undone (the network saw the same image, so logits come out mirrored)
     assert torch.allclose(out_f[0].seg_logits.data, out[0].seg_logits.data.flip(-1), atol=1e-6)
     assert torch.allclose(out_f[0].mask_priors.data, out[0].mask_priors.data.flip(-1),
                           atol=1e-6)
+    assert torch.equal(out_f[0].input_pred_sem_seg.data, out[0].input_pred_sem_seg.data.flip(-1))
+
+
+def test_priors_only_on_request_and_equal_to_the_heads():
+    """No priors (and no intermediate prior computed) unless asked; when asked, every
+    layer's softmax foreground probability, resized like the logits."""
+    model = build().eval()
+
+    def data():  # predict writes into the samples: fresh ones for every call
+        return model.data_preprocessor(batch(ori_shape=(100, 80)), training=False)
+
+    calls = []
+    for head in model.decode_head.lqpg.prior_heads.values():
+        head.register_forward_hook(lambda m, i, o: calls.append(m))
+    with torch.no_grad():
+        plain = model.predict(**data())
+        assert len(calls) == 1  # the last layer's prior only: the mask head reads it
+        calls.clear()
+        asked = model.predict(**data(), return_priors=True)
+        assert len(calls) == 2
+        y, priors = model(mode='tensor', **data())
+    for p, a in zip(plain, asked):
+        assert 'mask_priors' not in p
+        torch.testing.assert_close(p.seg_logits.data, a.seg_logits.data)  # same Y
+        assert torch.equal(p.pred_sem_seg.data, a.pred_sem_seg.data)
+    for i, a in enumerate(asked):
+        for layer, prior in enumerate(priors):
+            prob = prior[i:i + 1].softmax(1)[:, 1:]
+            expect = F.interpolate(F.interpolate(prob, size=(S, S), mode='bilinear'),
+                                   size=(100, 80), mode='bilinear')[0, 0]
+            torch.testing.assert_close(a.mask_priors.data[layer], expect)
+    # test_cfg asks too (tools/test.py --show-dir sets it)
+    model.test_cfg['return_priors'] = True
+    with torch.no_grad():
+        assert all('mask_priors' in s for s in model.predict(**data()))
+
+
+def test_return_logits_off_keeps_the_same_masks():
+    """The evaluation configs drop seg_logits (384 MB at 8000×6000); the masks stay."""
+    model = build().eval()
+
+    def data():
+        return model.data_preprocessor(batch(ori_shape=(100, 80)), training=False)
+
+    with torch.no_grad():
+        full = model.predict(**data())
+        lean = model.predict(**data(), return_logits=False)
+        model.test_cfg['return_logits'] = False
+        lean_cfg = model.predict(**data())
+    for f, a, b in zip(full, lean, lean_cfg):
+        assert 'seg_logits' not in a and 'seg_logits' not in b and 'mask_priors' not in a
+        assert set(a.keys()) == {'text_ids', 'text_mask', 'gt_sem_seg', 'pred_sem_seg',
+                                 'input_pred_sem_seg'}
+        for key in ('pred_sem_seg', 'input_pred_sem_seg'):
+            assert torch.equal(f.get(key).data, a.get(key).data)
+            assert torch.equal(f.get(key).data, b.get(key).data)
+
+
+def test_input_size_prediction_is_the_argmax_at_the_input():
+    """input_pred_sem_seg = argmax of the logits upsampled to img_shape (not resized from
+    the original size), padding removed."""
+    model = build().eval()
+    model.data_preprocessor.test_cfg = dict(size=(S + 16, S + 16))  # pad right/bottom
+    with torch.no_grad():
+        data = model.data_preprocessor(batch(ori_shape=(100, 80)))
+        y, _ = model(data['inputs'], data['data_samples'], mode='tensor')
+        out = model.predict(**data)
+    for i, s in enumerate(out):
+        logits = F.interpolate(y[i:i + 1], size=(S + 16, S + 16), mode='bilinear')
+        expect = logits[0, :, :S, :S].argmax(0).byte()
+        assert torch.equal(s.input_pred_sem_seg.data[0], expect)
 
 
 def test_predict_removes_padding():
@@ -150,7 +224,8 @@ def test_predict_removes_padding():
         assert data['inputs'].shape[2:] == (S + 16, S + 16)
         y, _ = model(data['inputs'], data['data_samples'], mode='tensor')
         padded = model(**data, mode='predict')
-    assert padded[0].seg_logits.shape == (S, S) and padded[0].mask_priors.shape == (S, S)
+        with_priors = model.predict(**data, return_priors=True)
+    assert padded[0].seg_logits.shape == (S, S) and with_priors[0].mask_priors.shape == (S, S)
     # logits resized to the padded input, then the top-left S×S kept (padding is right/bottom)
     expect = F.interpolate(y[:1], size=(S + 16, S + 16), mode='bilinear')[0, :, :S, :S]
     assert torch.allclose(padded[0].seg_logits.data, expect, atol=1e-5)

@@ -78,6 +78,24 @@ def test_no_priors_only_mask():
     assert RefSegLocalVisualizer().draw_ref_sample(img, s).shape == (10, 12, 3)
 
 
+def test_draw_priors_off_and_missing_priors_warn(monkeypatch):
+    h, w = 40, 60
+    img = np.zeros((h, w, 3), np.uint8)
+    vis = RefSegLocalVisualizer(draw_text=False, draw_priors=False)
+    assert vis.draw_ref_sample(img, _sample(h, w, 3), draw_gt=False).shape == (h, w, 3)
+    # draw_priors=True on a sample the model was not asked priors for: say how to ask, once
+    from mmrefseg.visualization import ref_visualizer
+    logged = []
+    monkeypatch.setattr(ref_visualizer, 'print_log', lambda msg, *a, **k: logged.append(msg))
+    vis = RefSegLocalVisualizer(name='vis_priors', draw_text=False)
+    s = _sample(h, w, 3)
+    del s.mask_priors
+    assert vis.draw_ref_sample(img, s, draw_gt=False).shape == (h, w, 3)
+    vis.draw_ref_sample(img, s, draw_gt=False)
+    assert len(logged) == 1 and 'carry no `mask_priors`' in logged[0]
+    assert 'return_priors=True' in logged[0]
+
+
 def test_bad_inputs():
     with pytest.raises(ValueError, match='alpha'):
         RefSegLocalVisualizer(alpha=0)

@@ -79,4 +79,6 @@ model = dict(
         loss_decode=dict(
             type='CrossEntropyLoss', use_sigmoid=False, loss_weight=1.0, avg_non_ignore=True)),
     train_cfg=dict(),
-    test_cfg=dict(mode='whole'))
+    # validation / test keep only what RefSegMetric scores (the masks at the original and
+    # at the input size); inference_model asks for seg_logits, the visualizer for priors
+    test_cfg=dict(mode='whole', return_logits=False, return_priors=False))

@@ -9,10 +9,14 @@ foreground (class 1) pixels, IoU = I / U, **IoU = 0 when U = 0** (LAVT).
 - **original** resolution (the headline, keys without prefix): ``pred_sem_seg`` vs
   ``gt_sem_seg``, both at the image's original size (mmseg test pipelines keep the ground
   truth there).
-- **resized** resolution (keys prefixed ``resized/``, how LAVT-lineage papers report):
-  ``seg_logits`` resized bilinearly to ``img_shape`` (the model input, 448×448) and argmaxed
-  there, vs the ground truth resized (nearest, at pixel centres as PIL / LAVT) to
-  ``img_shape``.
+- **resized** resolution (keys prefixed ``resized/``, how LAVT-lineage papers report): the
+  model's prediction at the network input, ``input_pred_sem_seg`` (the argmax of the logits
+  upsampled bilinearly from 1/4 to ``img_shape``, ``RefEncoderDecoder.postprocess_result``),
+  vs the ground truth resized nearest to ``img_shape`` (``gt_resize_mode``; default at pixel
+  centres, as PIL / LAVT). Nothing is resized up and back down. For a segmentor without
+  ``input_pred_sem_seg`` (not a ``RefEncoderDecoder``) it falls back, with a warning and a
+  note in the protocol, to ``seg_logits`` resized bilinearly to ``img_shape``, else to
+  ``pred_sem_seg`` resized nearest.
 
 Exactly one record (I, U, I_r, U_r, ids, text) is kept per sample, so mmengine's
 ``collect_results`` (which drops the padding of distributed shards by dataset size) gives
@@ -116,7 +120,10 @@ class RefSegMetric(BaseMetric):
         self.resized_eval = resized_eval
         self.gt_resize_mode = gt_resize_mode
         self.out_file = out_file
-        self._warned_no_logits = False
+        self._warned_fallback = False
+        #: the records and protocol of the last ``evaluate`` (main process only)
+        self.last_records: List[dict] = []
+        self.last_protocol: Dict[str, object] = {}
 
     # ------------------------------------------------------------------ per batch
     def process(self, data_batch, data_samples: Sequence) -> None:
@@ -138,38 +145,60 @@ class RefSegMetric(BaseMetric):
             gt_fg = gt == 1
             record = dict(zip(('I', 'U'), intersect_union(pred == 1, gt_fg)))
             if self.resized_eval:
-                record['I_r'], record['U_r'] = self._resized_iu(sample, pred, gt_fg)
+                (record['I_r'], record['U_r'], record['hw_r'],
+                 record['src_r']) = self._resized_iu(sample, pred, gt_fg)
             for key in TRACE_KEYS:
                 value = _field(sample, key)
                 record[key] = value.item() if isinstance(value, torch.Tensor) else value
             self.results.append(record)
 
     def _resized_iu(self, sample, pred: torch.Tensor, gt_fg: torch.Tensor) -> tuple:
-        """I, U at ``img_shape``: bilinear logits → argmax vs nearest-resized GT."""
+        """``(I, U, (h, w), source)`` at ``img_shape`` (the network input)."""
         img_shape = _field(sample, 'img_shape')
         if img_shape is None:
             raise KeyError('RefSegMetric(resized_eval=True) needs "img_shape" in the '
                            'metainfo (PackRefSegInputs keeps it), or set resized_eval=False.')
         size = tuple(int(s) for s in img_shape[:2])
-        logits = _pixel_data(_field(sample, 'seg_logits'))
-        if logits is not None:
-            logits = F.interpolate(logits[None].float(), size=size, mode='bilinear',
-                                   align_corners=False)[0]
-            pred_fg = logits.argmax(0) == 1 if logits.shape[0] > 1 else logits[0] > 0
+        pred_in = _pixel_data(_field(sample, 'input_pred_sem_seg'))
+        if pred_in is not None:
+            pred_in = pred_in.squeeze()
+            if tuple(pred_in.shape) != size:
+                raise ValueError(f'RefSegMetric: input_pred_sem_seg is {tuple(pred_in.shape)} '
+                                 f'but img_shape is {size} ({_field(sample, "img_path")}).')
+            pred_fg, source = pred_in == 1, 'input'
         else:
-            if not self._warned_no_logits:
-                warnings.warn('RefSegMetric: no "seg_logits" in the data samples; the '
-                              'resized evaluation resizes pred_sem_seg (nearest) instead.')
-                self._warned_no_logits = True
-            pred_fg = F.interpolate(pred[None, None].float(), size=size,
-                                    mode='nearest')[0, 0] == 1
-        gt_r = F.interpolate(gt_fg[None, None].float(), size=size,
-                             mode=self.gt_resize_mode)[0, 0] > 0.5
-        return intersect_union(pred_fg, gt_r)
+            logits = _pixel_data(_field(sample, 'seg_logits'))
+            if logits is not None and logits.shape[0] < 2:
+                logits = None  # one sigmoid channel: its threshold is the head's
+            source = 'seg_logits' if logits is not None else 'pred_sem_seg'
+            if not self._warned_fallback:
+                warnings.warn(f'RefSegMetric: no "input_pred_sem_seg" in the data samples (a '
+                              f'segmentor other than RefEncoderDecoder); the resized '
+                              f'evaluation resizes "{source}" from the original size to the '
+                              'input size instead, an approximation of the protocol.')
+                self._warned_fallback = True
+            if logits is not None:
+                logits = F.interpolate(logits[None].float(), size=size, mode='bilinear',
+                                       align_corners=False)[0]
+                pred_fg = logits.argmax(0) == 1
+            else:
+                pred_fg = F.interpolate(pred[None, None].float(), size=size,
+                                        mode='nearest')[0, 0] == 1
+        gt_r = self.resize_gt(gt_fg.to(pred_fg.device), size)
+        return intersect_union(pred_fg, gt_r) + (size, source)
+
+    def resize_gt(self, gt_fg: torch.Tensor, size: tuple) -> torch.Tensor:
+        """H×W boolean ground truth → ``size`` with ``gt_resize_mode`` (docs/metrics.md)."""
+        return F.interpolate(gt_fg[None, None].to(torch.uint8), size=size,
+                             mode=self.gt_resize_mode)[0, 0] > 0
 
     # ------------------------------------------------------------------ summary
     def compute_metrics(self, results: List[dict]) -> Dict[str, float]:
-        """oIoU / mIoU / P@X (percent), then the same with the ``resized/`` prefix."""
+        """oIoU / mIoU / P@X (percent), then the same with the ``resized/`` prefix.
+
+        Also keeps :attr:`last_records` (:meth:`sample_records`) and :attr:`last_protocol`
+        (:meth:`protocol`) for ``MultiSplitTestLoop`` (on the main process only).
+        """
         logger: MMLogger = MMLogger.get_current_instance()
         if not results:
             print_log("RefSegMetric: no samples were evaluated.", logger, level=logging.WARNING)
@@ -180,22 +209,45 @@ class RefSegMetric(BaseMetric):
             resized = summarize([r['I_r'] for r in results], [r['U_r'] for r in results],
                                 self.iou_thrs)
             metrics.update((f'resized/{k}', v) for k, v in resized.items())
+        self.last_protocol = self.protocol(results)
+        self.last_records = self.sample_records(results)
         print_log('\n' + self._table(metrics, resized, len(results)), logger)
         if self.out_file:
-            self._dump(results, metrics)
+            self._dump(self.last_records, metrics)
             print_log(f'RefSegMetric: per-sample results written to {self.out_file}', logger)
         return metrics
 
-    def _table(self, original: dict, resized: Optional[dict], n: int) -> str:
-        from prettytable import PrettyTable
-        names = ['oIoU', 'mIoU'] + [f'P@{t}' for t in self.iou_thrs]
-        table = PrettyTable(['resolution (%d samples)' % n] + names)
-        table.add_row(['original'] + [f'{original[k]:.2f}' for k in names])
-        if resized is not None:
-            table.add_row(['resized (input size)'] + [f'{resized[k]:.2f}' for k in names])
-        return table.get_string()
+    def protocol(self, results: List[dict]) -> Dict[str, object]:
+        """How the figures were computed, in words (for reports and JSON dumps)."""
+        out = OrderedDict(
+            original="prediction vs ground truth at each image's original size",
+            iou='per sample I/U over the foreground; IoU = 0 when U = 0; oIoU = sum I / '
+                'sum U; mIoU = mean IoU; P@X = share with IoU >= X; percent')
+        if not self.resized_eval:
+            return out
+        sources = sorted({r['src_r'] for r in results})
+        out['input_size'] = self.input_size_text([r['hw_r'] for r in results])
+        how = {'input': 'argmax of the logits at the network input',
+               'seg_logits': 'original-size seg_logits resized bilinearly to the input '
+                             '(approximation)',
+               'pred_sem_seg': 'original-size prediction resized nearest to the input '
+                               '(approximation)'}
+        out['resized'] = ('at the network input size ({}): {} vs ground truth resized '
+                          "'{}'".format(out['input_size'],
+                                        ' / '.join(how[s] for s in sources),
+                                        self.gt_resize_mode))
+        return out
 
-    def _dump(self, results: List[dict], metrics: Dict[str, float]) -> None:
+    @staticmethod
+    def input_size_text(sizes: Sequence[Sequence[int]]) -> str:
+        """``'448×448'`` for one input size, ``'various'`` otherwise."""
+        sizes = sorted({tuple(s) for s in sizes})
+        if len(sizes) == 1:
+            return '{}×{}'.format(*sizes[0])
+        return 'various' if sizes else 'none'
+
+    def sample_records(self, results: List[dict]) -> List[dict]:
+        """One JSON-friendly dict per sample: ids, sentence, I, U, IoU (and ``_r``)."""
         samples = []
         for r in results:
             item = {k: r.get(k) for k in TRACE_KEYS}
@@ -204,7 +256,21 @@ class RefSegMetric(BaseMetric):
                 item.update(I_r=r['I_r'], U_r=r['U_r'],
                             IoU_r=r['I_r'] / r['U_r'] if r['U_r'] else 0.0)
             samples.append(item)
+        return samples
+
+    def _table(self, original: dict, resized: Optional[dict], n: int) -> str:
+        from prettytable import PrettyTable
+        names = ['oIoU', 'mIoU'] + [f'P@{t}' for t in self.iou_thrs]
+        table = PrettyTable(['resolution (%d samples)' % n] + names)
+        table.add_row(['original'] + [f'{original[k]:.2f}' for k in names])
+        if resized is not None:
+            size = self.last_protocol.get('input_size', 'size')
+            table.add_row([f'resized (input {size})'] + [f'{resized[k]:.2f}' for k in names])
+        return table.get_string()
+
+    def _dump(self, samples: List[dict], metrics: Dict[str, float]) -> None:
         folder = osp.dirname(osp.abspath(self.out_file))
         mkdir_or_exist(folder)
         with open(self.out_file, 'w') as f:
-            json.dump(dict(metrics=metrics, samples=samples), f, indent=1, default=str)
+            json.dump(dict(metrics=metrics, protocol=self.last_protocol, samples=samples), f,
+                      indent=1, default=str)

@@ -184,7 +184,8 @@ class LQPG(BaseModule):
         feats: ``[F_D2, F_D3, F_D4]``, each B×C_q×H_l×W_l (strides 8, 16, 32).
         queries: B×K×C_q.
         returns the list of priors (one per layer with a prior head, in layer order),
-        each B×num_classes×``out_size``.
+        each B×num_classes×``out_size``; with ``last_only=True`` only the last layer's
+        (the one the mask head reads, Eq 16).
     """
 
     def __init__(self, embed_dims: int = 256, num_queries: int = 4, num_layers: int = 6,
@@ -215,7 +216,7 @@ class LQPG(BaseModule):
         })
 
     def forward(self, feats: Sequence[Tensor], queries: Tensor,
-                out_size: Sequence[int]) -> List[Tensor]:
+                out_size: Sequence[int], last_only: bool = False) -> List[Tensor]:
         if queries.dim() != 3 or queries.shape[1:] != (self.num_queries, self.embed_dims):
             raise ValueError(
                 f'LQPG: queries have shape {tuple(queries.shape)}, expected '
@@ -233,7 +234,7 @@ class LQPG(BaseModule):
         q = queries
         for i, layer in enumerate(self.layers):
             q_next, amap = layer(q, key, value)  # A, Q' = MHCA(F_k, Q) (Eq 15)
-            if str(i) in self.prior_heads:
+            if str(i) in self.prior_heads and (not last_only or i == self.num_layers - 1):
                 amap = amap.reshape(b, -1, n_p)  # B×K·h×N_p
                 if self.attn_maps == 'post_softmax' and self.attn_scale == 'num_keys':
                     amap = amap * n_p

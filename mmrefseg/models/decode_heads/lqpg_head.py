@@ -199,13 +199,17 @@ class LQPGHead(BaseDecodeHead):
                              f'returned only {q.shape[1]} queries.')
         return q[:, list(self.query_source)]
 
-    def forward(self, inputs: Sequence[Tensor]) -> Tuple[Tensor, List[Tensor]]:
+    def forward(self, inputs: Sequence[Tensor],
+                all_priors: bool = True) -> Tuple[Tensor, List[Tensor]]:
+        """``(Y, priors)``; ``all_priors=False`` computes only the last layer's prior (the
+        one Eq 16 reads), so ``priors`` has one entry: what prediction needs."""
         feats = self._transform_inputs(inputs)
         raw, proj = self.pixel_decoder(feats)  # Eq 12-13
         if not self.use_lqpg:
             return self.cls_seg(raw[0]), []
         f_d1 = proj[0]
-        priors = self.lqpg(proj[1:], self._queries(inputs), out_size=f_d1.shape[2:])
+        priors = self.lqpg(proj[1:], self._queries(inputs), out_size=f_d1.shape[2:],
+                           last_only=not all_priors)
         x = [f_d1, priors[-1]]  # the last layer's m_p feeds the mask head
         if self.use_coord:
             b, _, h, w = f_d1.shape
@@ -289,8 +293,11 @@ class LQPGHead(BaseDecodeHead):
         return losses
 
     # ---------------------------------------------------------------- inference
-    def predict(self, inputs, batch_img_metas: List[dict], test_cfg) -> Tensor:
-        return self.predict_with_priors(inputs, batch_img_metas)[0]
+    def predict(self, inputs, batch_img_metas: List[dict], test_cfg=None) -> Tensor:
+        """Logits Y at the input (padded) size, B×2×H×W. The intermediate mask priors are
+        not computed (nothing reads them; :meth:`predict_with_priors` returns them)."""
+        y, _ = self.forward(inputs, all_priors=False)
+        return self.predict_by_feat(y, batch_img_metas)
 
     def predict_with_priors(self, inputs, batch_img_metas: List[dict]) -> Tuple[Tensor, Tensor]:
         """Logits and foreground probabilities of every prior, resized to the input size.

@@ -9,7 +9,7 @@ The language encoder is built from ``text_encoder=dict(...)`` as mmseg 1.2.2's
 ``MultimodalEncoderDecoder`` does (mmseg's ``neck`` runs after the backbone). Any mmseg
 decode head works: stock heads pick the maps with ``in_index`` and ignore Q; a head with a
 ``predict_with_priors`` method (``LQPGHead``) also returns its mask priors, which
-``predict`` stores on every sample as ``mask_priors``.
+``predict`` stores on every sample as ``mask_priors`` when asked to (``return_priors``).
 
 Query selection (Table 3): a head ``query_source=(i, ...)`` (a subset of the K queries the
 backbone returns) on a backbone with ``query_stages`` is routed to the backbone: it builds
@@ -77,10 +77,24 @@ class RefEncoderDecoder(EncoderDecoder):
         A head ``query_source`` subset becomes the backbone's ``query_stages``
         (:func:`route_query_source`).
 
-    Modes: ``loss`` (dict of losses), ``predict`` (data samples with ``seg_logits``,
-    ``pred_sem_seg`` and, for heads with priors, ``mask_priors`` — all at the original
-    image size) and ``tensor`` (the head's raw output). One image with several sentences:
-    pass ``inputs`` of batch 1 and one data sample per sentence (predict / tensor).
+    ``test_cfg`` keys: ``mode`` (must be ``'whole'``), ``return_logits`` (default True) and
+    ``return_priors`` (default False): what :meth:`predict` stores besides the masks.
+
+    Modes: ``loss`` (dict of losses), ``tensor`` (the head's raw output) and ``predict``:
+    data samples with
+
+    - ``pred_sem_seg`` (1×H×W uint8 at the original size);
+    - ``input_pred_sem_seg`` (1×h×w uint8 at the network input size ``img_shape``: the
+      argmax of the logits there, the prediction ``RefSegMetric``'s resized protocol scores);
+    - ``seg_logits`` (C×H×W at the original size, mmseg's field), only with
+      ``return_logits`` (2×4 bytes per pixel: 384 MB on an 8000×6000 image, so the
+      evaluation configs switch it off);
+    - ``mask_priors`` (N_l×H×W foreground probabilities at the original size), only with
+      ``return_priors`` and a head with a ``predict_with_priors`` method (``LQPGHead``);
+      without it the head does not even compute the intermediate priors.
+
+    One image with several sentences: pass ``inputs`` of batch 1 and one data sample per
+    sentence (predict / tensor).
     """
 
     def __init__(self,
@@ -170,7 +184,26 @@ class RefEncoderDecoder(EncoderDecoder):
         x = self.extract_feat(inputs, data_samples)
         return self.decode_head.predict(x, batch_img_metas, self.test_cfg)
 
-    def predict(self, inputs: Tensor, data_samples: OptSampleList = None) -> SampleList:
+    def predict(self,
+                inputs: Tensor,
+                data_samples: OptSampleList = None,
+                return_logits: Optional[bool] = None,
+                return_priors: Optional[bool] = None) -> SampleList:
+        """Predict masks; see the class docstring for what each sample carries.
+
+        Args:
+            inputs (Tensor): B×3×H×W (or 1×3×H×W with several data samples).
+            data_samples (list[SegDataSample]): one per sentence.
+            return_logits (bool, optional): also store ``seg_logits`` (C×H×W at the
+                original size). Defaults to ``test_cfg.return_logits`` (True).
+            return_priors (bool, optional): also compute ``mask_priors`` (N_l×H×W at the
+                original size). Defaults to ``test_cfg.return_priors`` (False).
+        """
+        test_cfg = self.test_cfg or {}
+        if return_logits is None:
+            return_logits = test_cfg.get('return_logits', True)
+        if return_priors is None:
+            return_priors = test_cfg.get('return_priors', False)
         inputs = self._broadcast_image(inputs, data_samples)
         if data_samples is None:
             self._stack_text(None, inputs.device)  # raises the explanatory error
@@ -180,22 +213,75 @@ class RefEncoderDecoder(EncoderDecoder):
             meta.setdefault('img_shape', tuple(inputs.shape[2:]))
         x = self.extract_feat(inputs, data_samples)
         priors = None
-        if hasattr(self.decode_head, 'predict_with_priors'):
+        if return_priors and hasattr(self.decode_head, 'predict_with_priors'):
             seg_logits, priors = self.decode_head.predict_with_priors(x, batch_img_metas)
         else:
             seg_logits = self.decode_head.predict(x, batch_img_metas, self.test_cfg)
         for s, meta in zip(data_samples, batch_img_metas):
             s.set_metainfo(dict(ori_shape=meta['ori_shape'], img_shape=meta['img_shape']))
-        data_samples = self.postprocess_result(seg_logits, data_samples)
+        data_samples = self.postprocess_result(seg_logits, data_samples, return_logits)
         if priors is not None:
             for i, s in enumerate(data_samples):
-                s.set_data(dict(mask_priors=PixelData(
-                    data=self._restore(priors[i:i + 1], s.metainfo))))
+                s.set_data(dict(mask_priors=PixelData(data=resize(
+                    self._to_input_size(priors[i:i + 1], s.metainfo),
+                    size=s.metainfo['ori_shape'], mode='bilinear',
+                    align_corners=self.align_corners, warning=False).squeeze(0))))
         return data_samples
 
-    def _restore(self, maps: Tensor, img_meta: dict) -> Tensor:
-        """1×N×H×W maps at the padded input size → N×h×w at the original size, following
-        :meth:`postprocess_result` (padding removed, flip undone, bilinear resize)."""
+    def postprocess_result(self,
+                           seg_logits: Tensor,
+                           data_samples: OptSampleList = None,
+                           return_logits: bool = True) -> SampleList:
+        """Logits at the padded input size → what each sample needs, as mmseg's
+        ``postprocess_result`` (padding removed, flip undone, bilinear resize to
+        ``ori_shape``), plus the prediction at the input size.
+
+        Args:
+            seg_logits (Tensor): B×C×H_pad×W_pad.
+            data_samples (list[SegDataSample], optional): with the metainfo.
+            return_logits (bool): store ``seg_logits`` (C×H×W at the original size).
+                Defaults to True (mmseg's behaviour).
+
+        Returns:
+            list[SegDataSample]: ``pred_sem_seg`` (1×H×W uint8 at ``ori_shape``),
+            ``input_pred_sem_seg`` (1×h×w uint8 at ``img_shape``: the argmax of the
+            logits at the network input, what ``RefSegMetric``'s resized protocol scores)
+            and, with ``return_logits``, ``seg_logits``.
+        """
+        if data_samples is None:
+            return super().postprocess_result(seg_logits, None)
+        for i, sample in enumerate(data_samples):
+            meta = sample.metainfo
+            logits = self._to_input_size(seg_logits[i:i + 1], meta)  # 1×C×h×w
+            sample.set_data(dict(input_pred_sem_seg=PixelData(data=self._labels(logits)[0])))
+            logits = resize(logits, size=meta['ori_shape'], mode='bilinear',
+                            align_corners=self.align_corners, warning=False)
+            if logits.shape[1] == 1:
+                logits = logits.sigmoid()  # mmseg stores probabilities for one channel
+            sample.set_data(dict(pred_sem_seg=PixelData(data=self._labels(logits, True)[0])))
+            if return_logits:
+                sample.set_data(dict(seg_logits=PixelData(data=logits[0])))
+            del logits
+        return data_samples
+
+    def _labels(self, logits: Tensor, probs: bool = False) -> Tensor:
+        """1×C×h×w logits (``probs``: sigmoid probabilities when C = 1) → 1×1×h×w uint8.
+
+        For C = 2, ``logits[1] > logits[0]`` is the argmax (ties → 0) without its int64
+        intermediate (8 bytes per pixel: 0.4 GB on an 8000×6000 image)."""
+        c = logits.shape[1]
+        if c == 1:
+            p = logits if probs else logits.sigmoid()
+            return (p > self.decode_head.threshold).to(torch.uint8)
+        if c == 2:
+            return (logits[:, 1:2] > logits[:, :1]).to(torch.uint8)
+        pred = logits.argmax(dim=1, keepdim=True)
+        return pred.to(torch.uint8) if c <= 256 else pred
+
+    @staticmethod
+    def _to_input_size(maps: Tensor, img_meta: dict) -> Tensor:
+        """1×N×H_pad×W_pad → 1×N×h×w at ``img_shape``: padding removed and flip undone,
+        as :meth:`mmseg.models.BaseSegmentor.postprocess_result` does."""
         h, w = maps.shape[2:]
         left, right, top, bottom = img_meta.get('img_padding_size',
                                                 img_meta.get('padding_size', [0] * 4))
@@ -203,5 +289,4 @@ class RefEncoderDecoder(EncoderDecoder):
         if img_meta.get('flip', None):
             maps = maps.flip(dims=(3, ) if img_meta.get('flip_direction') == 'horizontal'
                              else (2, ))
-        return resize(maps, size=img_meta['ori_shape'], mode='bilinear',
-                      align_corners=self.align_corners, warning=False).squeeze(0)
+        return maps
