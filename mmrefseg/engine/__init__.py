@@ -8,9 +8,13 @@ Importing this package (``import mmrefseg`` does) makes mmengine's local checkpo
 from ..utils import atomic_io
 from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
 from .hooks import *  # noqa: F401,F403
+from .multi_split_test_loop import MultiSplitTestLoop
 from .resumable_epoch_loop import ResumableEpochBasedTrainLoop
 from .skip_bad_samples import SkipBadSamplesDataset
 
 atomic_io.apply()
 
-__all__ = ['SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop']
+__all__ = [
+    'SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop',
+    'MultiSplitTestLoop'
+]

@@ -53,6 +53,33 @@ def trained(tmp_path_factory):
     return work_dir, log
 
 
+def split_metrics(log, split):
+    """``metrics_line`` of a tools/test.py log, for one split (keys without ``<split>/``)."""
+    lines = [ln for ln in log.splitlines() if f'{split}/oIoU:' in ln]
+    assert lines, f'no metric line for {split} in the log:\n{log[-3000:]}'
+    return {k[len(split) + 1:]: float(v)
+            for k, v in re.findall(r'([\w/@.]+): (-?[\d.]+)', lines[-1])
+            if k.startswith(f'{split}/')}
+
+
+def run_test(trained, tmp_path_factory, splits, extra=()):
+    """tools/test.py on the trained checkpoint → (log, report JSON)."""
+    work_dir, _ = trained
+    out_dir = str(tmp_path_factory.mktemp('test'))
+    out_json = osp.join(out_dir, 'results.json')
+    log = run([sys.executable, 'tools/test.py', CONFIG, osp.join(work_dir, 'iter_4.pth'),
+               '--work-dir', out_dir, '--out', out_json, '--split', *splits, *extra] +
+              ONE_BY_ONE)
+    with open(out_json) as f:
+        return log, json.load(f)
+
+
+@pytest.fixture(scope='module')
+def tested_all(trained, tmp_path_factory):
+    """--split all: the config's test_splits (val, testA, testB) in one run."""
+    return run_test(trained, tmp_path_factory, ['all'], ['--format', 'markdown'])
+
+
 @pytest.fixture(scope='module')
 def tested(trained, tmp_path_factory):
     work_dir, _ = trained
@@ -77,25 +104,85 @@ def test_train_saves_checkpoint_and_validates(trained):
 def test_test_with_checkpoint_logs_metrics_and_writes_json(tested):
     out_dir, out_json, log = tested
     assert 'Loads checkpoint' in log or 'Load checkpoint' in log
-    metrics = metrics_line(log)
+    metrics = split_metrics(log, SPLIT)
     with open(out_json) as f:
         result = json.load(f)
-    # the JSON holds the same metrics as the log, and one record per val sentence
-    assert result['metrics']['oIoU'] == pytest.approx(metrics['oIoU'], abs=1e-3)
-    # --split: one record per sentence of that split
+    # the JSON holds the same metrics as the log, and one record per sentence of the split
+    assert result['splits'] == [SPLIT]
+    assert result['metrics'][SPLIT]['oIoU'] == pytest.approx(metrics['oIoU'], abs=1e-3)
     from mmrefseg.datasets import RefCOCODataset
     n_val = len(RefCOCODataset(data_root=osp.join(REPO, 'tests/data/tiny_refer'),
                                split=SPLIT, test_mode=True))
-    assert len(result['samples']) == n_val
-    assert len(result['samples']) != len(RefCOCODataset(
+    assert len(result['samples'][SPLIT]) == n_val == result['num_samples'][SPLIT]
+    assert len(result['samples'][SPLIT]) != len(RefCOCODataset(
         data_root=osp.join(REPO, 'tests/data/tiny_refer'), split='val', test_mode=True))
-    assert {'I', 'U', 'sent_id', 'text'} <= set(result['samples'][0])
-    # --show-dir: one picture per sentence (image + mask + N_l prior heat maps)
+    assert {'I', 'U', 'sent_id', 'text'} <= set(result['samples'][SPLIT][0])
+    # --show-dir: one picture per sentence: GT + mask + N_l prior heat maps (the model was
+    # asked for its priors)
     shows = []
     for root, _, files in os.walk(osp.join(out_dir, 'show')):
         shows += [osp.join(root, f) for f in files if f.endswith('.png')]
     assert len(shows) == n_val, shows
     assert all(re.search(r'_sent\d+_', osp.basename(p)) for p in shows)
+    n_layers = Config.fromfile(osp.join(REPO, CONFIG)).model.decode_head.num_layers
+    ds = RefCOCODataset(data_root=osp.join(REPO, 'tests/data/tiny_refer'), split=SPLIT,
+                        test_mode=True)
+    widths = {d['sent_id']: d['width'] for d in map(ds.get_data_info, range(len(ds)))}
+    for path in shows:
+        sent_id = int(re.search(r'_sent(\d+)_', osp.basename(path)).group(1))
+        width = cv2.imread(path).shape[1]
+        assert width == (2 + n_layers) * widths[sent_id], (path, width, widths[sent_id])
+
+
+def test_multi_split_run_equals_single_split_runs(tested_all, tested, trained,
+                                                  tmp_path_factory):
+    """--split all = val, testA, testB (test_splits) with one model load; each split's
+    metrics and per-sample records equal those of a run on that split alone."""
+    log, multi = tested_all
+    assert log.count('Load checkpoint from') == 1  # one model load for the three splits
+    assert multi['splits'] == ['val', 'testA', 'testB']
+    assert set(multi) == {'protocol', 'splits', 'metrics', 'num_samples', 'samples'}
+    _, one_json, _ = tested
+    with open(one_json) as f:
+        single = {SPLIT: json.load(f)}
+    _, single['val'] = run_test(trained, tmp_path_factory, ['val'])
+    for split, report in single.items():
+        assert multi['metrics'][split] == report['metrics'][split]
+        assert multi['samples'][split] == report['samples'][split]
+        assert multi['num_samples'][split] == report['num_samples'][split]
+        # and the log line of that split says the same
+        for key, value in split_metrics(log, split).items():
+            assert report['metrics'][split][key] == pytest.approx(value, abs=1e-4)
+    from mmrefseg.datasets import RefCOCODataset
+    assert multi['num_samples']['testB'] == len(RefCOCODataset(
+        data_root=osp.join(REPO, 'tests/data/tiny_refer'), split='testB', test_mode=True))
+
+
+def test_report_protocol_and_table(tested_all, trained):
+    log, multi = tested_all
+    work_dir, _ = trained
+    p = multi['protocol']
+    assert p['dataset'] == 'refcoco' and p['split_by'] == 'unc'
+    assert p['scored'] == 'every sentence'
+    assert p['checkpoint'] == osp.join(work_dir, 'iter_4.pth')
+    assert (p['checkpoint_iter'], p['checkpoint_epoch']) == (MAX_ITERS, 0)
+    assert p['resolution']['input_size'] == '224×224'
+    assert 'argmax of the logits at the network input' in p['resolution']['resized']
+    # one table: protocol, then a row per split at both resolutions
+    head = ('RefCOCO: dataset=refcoco split_by=unc; every sentence scored; checkpoint '
+            'iter_4.pth (iter 4, epoch 0)')
+    assert log.count(head) == 2  # the table and the markdown caption
+    table = log[log.index(head):]
+    for split in multi['splits']:
+        m = multi['metrics'][split]
+        assert re.search(rf'\| {split} +\| +{multi["num_samples"][split]} +\| original +\| '
+                         rf'+{m["oIoU"]:.2f} \| +{m["mIoU"]:.2f} \|', table), table
+        assert re.search(rf'\| +\| +\| input 224×224 +\| +{m["resized/oIoU"]:.2f} \|',
+                         table)
+    # --format markdown: the paper row
+    assert '| RefCOCO | val | testA | testB |' in log
+    oiou = ' | '.join(f'{multi["metrics"][s]["oIoU"]:.2f}' for s in multi['splits'])
+    assert f'| oIoU | {oiou} |' in log
 
 
 def test_demo_writes_picture_of_expected_size(trained, tmp_path):
@@ -137,19 +224,23 @@ def test_dist_train_on_cpu_trains_and_evaluates(tmp_path, free_port):
     assert osp.isfile(tmp_path / 'iter_4.pth')
 
 
-def test_dist_test_two_processes_equal_one(trained, tested, tmp_path, free_port):
+def test_dist_test_two_processes_equal_one(trained, tested_all, tmp_path, free_port):
+    """Two gloo processes, two splits in one run: the same report as one process."""
     work_dir, _ = trained
-    _, one_json, _ = tested
+    _, one = tested_all
     two_json = str(tmp_path / 'results2.json')
-    run(['bash', 'tools/dist_test.sh', CONFIG, osp.join(work_dir, 'iter_4.pth'), '2',
-         '--work-dir', str(tmp_path), '--out', two_json, '--split', SPLIT] + ONE_BY_ONE,
-        env=dict(PORT=str(free_port)))
-    with open(one_json) as f1, open(two_json) as f2:
-        one, two = json.load(f1), json.load(f2)
-    assert two['metrics'] == pytest.approx(one['metrics'], abs=1e-6)
+    log = run(['bash', 'tools/dist_test.sh', CONFIG, osp.join(work_dir, 'iter_4.pth'), '2',
+               '--work-dir', str(tmp_path), '--out', two_json, '--split', 'val', SPLIT] +
+              ONE_BY_ONE, env=dict(PORT=str(free_port)))
+    assert 'Distributed training: True' in log
+    with open(two_json) as f:
+        two = json.load(f)
+    assert two['splits'] == ['val', SPLIT]
     key = lambda r: r['sent_id']  # noqa: E731
-    assert [(r['sent_id'], r['I'], r['U']) for r in sorted(two['samples'], key=key)] == \
-        [(r['sent_id'], r['I'], r['U']) for r in sorted(one['samples'], key=key)]
+    for split in two['splits']:
+        assert two['metrics'][split] == pytest.approx(one['metrics'][split], abs=1e-6)
+        assert sorted(two['samples'][split], key=key) == \
+            sorted(one['samples'][split], key=key)
 
 
 def test_mmseg_own_test_tool_runs_our_config(trained, tmp_path):

@@ -13,8 +13,9 @@
 # drawn as a function of (seed, epoch, index): EpochTaggedSampler (mmengine's DefaultSampler
 # whose indices carry the epoch, also to persistent workers) gives the dataset the epoch;
 # val / test = one item per sentence (every sentence is scored). val_dataloader and
-# test_dataloader both use `val`; choose another split on the command line:
-#   python tools/test.py CONFIG CKPT --cfg-options test_dataloader.dataset.split=testA
+# test_dataloader both use `val`; `test_splits` lists the evaluation splits, which
+# `tools/test.py CONFIG CKPT --split all` evaluates in one run (MultiSplitTestLoop);
+# `--split testA` or `--split val testA` choose others.
 dataset_type = 'RefCOCODataset'
 data_root = 'data/refer'
 img_scale = (448, 448)
@@ -63,7 +64,7 @@ val_dataloader = dict(
         test_mode=True,
         pipeline=test_pipeline))
 test_dataloader = val_dataloader
-test_splits = ['val', 'testA', 'testB']
+test_splits = ['val', 'testA', 'testB']  # what `tools/test.py --split all` evaluates
 
 val_evaluator = dict(type='RefSegMetric')
 test_evaluator = val_evaluator
