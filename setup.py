@@ -3,6 +3,10 @@
 Install with ``bash tools/install.sh`` (it installs the pinned stack, compiles mmcv and then
 runs ``pip install -e .``). torch and mmcv are deliberately not in ``install_requires``: torch
 has to match the mmcv build and mmcv must be compiled (see docs/get_started.md).
+
+Extra ``demo`` (``pip install -e ".[demo]"``): Gradio for ``tools/webui.py``. 6.17.3 is the
+newest Gradio whose requirements fit the pinned stack (later ones need huggingface_hub >= 1,
+which transformers < 4.51 refuses); it brings pillow < 13.
 """
 import os.path as osp
 import re
@@ -44,5 +48,6 @@ setup(
     package_data={'mmrefseg': ['datasets/transforms/vocab/*.txt']},
     include_package_data=True,
     install_requires=requirements(),
+    extras_require={'demo': ['gradio==6.17.3']},
     zip_safe=False,
 )
