@@ -27,6 +27,7 @@ import os
 import os.path as osp
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -60,6 +61,10 @@ DISPLAY_SIDE = 1024
 MAX_FILE_SIZE = '200mb'
 #: results (mask PNGs here, drawn panels in Gradio's cache) are deleted after this long
 KEEP_SECONDS = 3600
+#: height of the drawn panels on the page (px)
+PANEL_PX = 300
+#: the panels fill their boxes (Gradio shows a small image at its own size otherwise)
+PAGE_CSS = '.mmrefseg-panel img {width: 100%; height: 100%; object-fit: contain;}'
 IMAGE_FORMATS = 'PNG, JPEG, BMP, TIFF, WebP, PPM/PGM'
 
 
@@ -342,6 +347,7 @@ def build_app(demo: RefSegDemo, examples: Sequence[Tuple[str, List[list]]] = (),
               title: str = 'mmrefseg: referring segmentation'):
     """The Gradio page around ``demo`` (call ``.launch()`` on the result)."""
     import gradio as gr
+    from gradio.utils import get_upload_folder, is_in_or_equal
 
     slots = []  # per sentence: (box, title, overlay, mask, priors)
 
@@ -353,43 +359,53 @@ def build_app(demo: RefSegDemo, examples: Sequence[Tuple[str, List[list]]] = (),
             with gr.Column(scale=1):
                 image = gr.Image(label='Image (drop, paste or click to choose)',
                                  type='filepath', sources=['upload', 'clipboard'],
-                                 elem_id='image', height=360)
+                                 elem_id='image', height=320)
             with gr.Column(scale=1):
                 text = gr.Textbox(label='Sentences, one per line', lines=4, max_lines=12,
                                   placeholder='the cat on the left\nthe remote',
                                   elem_id='sentences')
                 run = gr.Button('Segment', variant='primary', elem_id='run')
                 status = gr.Markdown('', elem_id='status')
-        for k, (label, items) in enumerate(examples):
-            gr.Examples(examples=items, inputs=[image, text], label=label,
-                        examples_per_page=12, elem_id=f'examples-{k}')
+        with gr.Row():
+            for k, (label, items) in enumerate(examples):
+                with gr.Column(scale=1):
+                    gr.Examples(examples=items, inputs=[image, text], label=label,
+                                examples_per_page=6, elem_id=f'examples-{k}')
+        n_priors = max(1, demo.num_priors)
         for i in range(demo.max_sentences):
             with gr.Column(visible=False, elem_id=f'result-{i}') as box:
                 head = gr.Markdown(elem_id=f'title-{i}')
-                with gr.Row():
+                with gr.Row(equal_height=True):
                     overlay = gr.Image(label='mask over the image', format='png',
                                        interactive=False, elem_id=f'overlay-{i}',
-                                       buttons=['download', 'fullscreen'])
+                                       buttons=['download', 'fullscreen'], height=PANEL_PX,
+                                       scale=1, elem_classes='mmrefseg-panel')
                     mask = gr.Image(label='mask (PNG, 255 = referent)', type='filepath',
                                     format='png', interactive=False, elem_id=f'mask-{i}',
-                                    buttons=['download', 'fullscreen'])
-                priors = gr.Gallery(label='mask priors, LQPG layers 1, 2, ... '
-                                    '(foreground probability, JET: blue 0 → red 1)',
-                                    format='png', columns=max(1, demo.num_priors),
-                                    elem_id=f'priors-{i}', buttons=['download'],
-                                    interactive=False, height='auto')
+                                    buttons=['download', 'fullscreen'], height=PANEL_PX,
+                                    scale=1, elem_classes='mmrefseg-panel')
+                    priors = gr.Gallery(label='mask prior of LQPG layer 1, 2, ... '
+                                        '(foreground probability: blue 0 → red 1)',
+                                        format='png', columns=n_priors, rows=1,
+                                        elem_id=f'priors-{i}', buttons=['download'],
+                                        interactive=False, height=PANEL_PX,
+                                        object_fit='contain', scale=n_priors)
             slots.append((box, head, overlay, mask, priors))
 
         def respond(image_payload, sentences_text):
             path = name = None
             if isinstance(image_payload, dict):
                 path, name = image_payload.get('path'), image_payload.get('orig_name')
-            elif isinstance(image_payload, str):  # a client that sent a bare path
-                path = image_payload
             hidden = []
             for _ in slots:
                 hidden += [gr.Column(visible=False), '', None, None, None]
             try:
+                if path and not is_in_or_equal(path, get_upload_folder()):
+                    # only files that came through Gradio's upload (or its cached
+                    # examples): a client must not make the server read its own files
+                    demo.num_requests += 1
+                    raise BadInput(f'"{name or osp.basename(path)}" was not uploaded '
+                                   'through this page; upload it again.')
                 res = demo.run(path, sentences_text, name)
             except BadInput as e:
                 return [f'**Cannot run:** {e} (request {demo.num_requests})'] + hidden
@@ -469,12 +485,19 @@ def main(argv=None):
     examples = gather_examples(model.cfg, args.num_examples)
     app = build_app(demo, examples)
     allowed = sorted({osp.dirname(p) for _, items in examples for p, _ in items})
+    app.launch(server_name=args.host, server_port=args.port, share=False,
+               inbrowser=False, show_error=False, ssr_mode=False, quiet=True,
+               max_file_size=MAX_FILE_SIZE, allowed_paths=allowed,
+               footer_links=['gradio'], prevent_thread_lock=True, css=PAGE_CSS)
     print_log(f'webui: Gradio {gr.__version__}, serving http://{args.host}:{args.port} '
               '(Ctrl+C stops it)', logger='current')
-    app.launch(server_name=args.host, server_port=args.port, share=False,
-               inbrowser=False, show_error=False, ssr_mode=False, quiet=False,
-               max_file_size=MAX_FILE_SIZE, allowed_paths=allowed,
-               footer_links=['gradio'])
+    # SIGTERM stops it like Ctrl+C (the server closes, the temporary folder is removed)
+    signal.signal(signal.SIGTERM, _interrupt)
+    app.block_thread()
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == '__main__':

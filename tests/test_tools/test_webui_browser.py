@@ -401,6 +401,16 @@ def test_requests_run_one_at_a_time(server):
         assert events[k][1] == 'start' and events[k + 1] == (events[k][0], 'done'), events
 
 
+def test_only_uploaded_files_are_read(server):
+    """A client that names a file on the server (not an upload) gets a refusal."""
+    from gradio_client import Client
+    client = Client(server['url'], verbose=False)
+    status = client.predict({'path': IMAGE, 'orig_name': 'cats.jpg'}, 'the cat',
+                            api_name='/segment')[0]
+    assert status.startswith('**Cannot run:** "cats.jpg" was not uploaded through this '
+                             'page'), status  # (the status line's Markdown source)
+
+
 def test_the_server_never_reached_for_the_network(server):
     """(last) Every outbound connection of the server went to the sentinel proxy: none."""
     assert server['proxy'].connections == 0, 'the server tried to reach the network'
