@@ -1,30 +1,52 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
-"""Suite-wide pytest options (the ``cuda`` marker) and fixtures shared by every test folder
-(a reserved TCP port, mmengine's log records, a synthetic refer data root).
+"""Suite-wide pytest options (the opt-in markers ``cuda`` and ``browser``) and fixtures
+shared by every test folder (a reserved TCP port, mmengine's log records, a synthetic refer
+data root).
 
-Tests marked ``@pytest.mark.cuda`` need an NVIDIA GPU. The default run (``pytest tests``)
-*deselects* them: they are not collected into the run, are not reported as skipped, and
-every CPU test runs as before (a device-parametrised test keeps its ``cpu`` case). The
-summary says how many were left out. ``pytest --cuda`` keeps them, and fails at once when
+Tests marked ``@pytest.mark.cuda`` need an NVIDIA GPU; tests marked
+``@pytest.mark.browser`` drive ``tools/webui.py`` in headless Chromium (Debian's
+``chromium`` + ``chromium-driver``, the ``[demo]`` extra and Selenium). The default run
+(``pytest tests``) *deselects* both: they are not collected into the run, are not
+reported as skipped, and every other test runs as before (a device-parametrised test
+keeps its ``cpu`` case). The summary says how many were left out.
+
+``pytest --cuda`` keeps the CUDA tests, and fails at once when
 ``torch.cuda.is_available()`` is False: asking for the GPU tests on a machine without a
 GPU is an error, not a skip. ``tools/gpu_check.sh`` runs ``pytest --cuda -m cuda tests``.
+
+``pytest --browser`` keeps the browser tests; without Chromium, Gradio or Selenium they
+fail (each says what to install), they are never skipped. ``.ci/run`` installs all three
+and runs ``pytest --browser -m browser tests``.
 """
 import logging
 import socket
 
 import pytest
 
-_DESELECTED = pytest.StashKey[int]()
+#: opt-in marker -> (command-line option, what it needs, how to run its tests)
+OPT_IN = {
+    'cuda': ('--cuda', 'they need a GPU',
+             '`pytest --cuda -m cuda tests` or tools/gpu_check.sh on a machine with a GPU'),
+    'browser': ('--browser', 'they need Chromium, the [demo] extra and Selenium',
+                '`pytest --browser -m browser tests`, as .ci/run does'),
+}
+_DESELECTED = pytest.StashKey[dict]()
 
 
 def pytest_addoption(parser):
     parser.addoption('--cuda', action='store_true', default=False,
                      help='run the tests marked cuda too (needs a GPU; tools/gpu_check.sh)')
+    parser.addoption('--browser', action='store_true', default=False,
+                     help='run the tests marked browser too (headless Chromium, the [demo] '
+                     'extra and Selenium; .ci/run)')
 
 
 def pytest_configure(config):
     config.addinivalue_line(
         'markers', 'cuda: needs an NVIDIA GPU; deselected unless --cuda (tools/gpu_check.sh)')
+    config.addinivalue_line(
+        'markers', 'browser: drives tools/webui.py in headless Chromium; deselected unless '
+        '--browser (.ci/run)')
     if config.getoption('--cuda'):
         import torch
         if not torch.cuda.is_available():
@@ -35,21 +57,25 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    if config.getoption('--cuda'):
-        return
-    gpu = [item for item in items if item.get_closest_marker('cuda') is not None]
-    if gpu:
-        config.hook.pytest_deselected(items=gpu)
-        items[:] = [item for item in items if item.get_closest_marker('cuda') is None]
-    config.stash[_DESELECTED] = len(gpu)
+    deselected = {}
+    for marker, (option, _, _) in OPT_IN.items():
+        if config.getoption(option):
+            continue
+        left_out = [item for item in items if item.get_closest_marker(marker) is not None]
+        if left_out:
+            config.hook.pytest_deselected(items=left_out)
+            items[:] = [item for item in items if item.get_closest_marker(marker) is None]
+        deselected[marker] = len(left_out)
+    config.stash[_DESELECTED] = deselected
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
-    n = config.stash.get(_DESELECTED, 0)
-    if n:
-        terminalreporter.write_line(
-            f'{n} CUDA test(s) deselected (they need a GPU): run them with '
-            '`pytest --cuda -m cuda tests` or tools/gpu_check.sh on a machine with a GPU.')
+    for marker, n in config.stash.get(_DESELECTED, {}).items():
+        if n:
+            _, needs, how = OPT_IN[marker]
+            terminalreporter.write_line(
+                f'{n} {"CUDA" if marker == "cuda" else marker} test(s) deselected '
+                f'({needs}): run them with {how}.')
 
 
 @pytest.fixture

@@ -2,10 +2,10 @@
 """tools/webui.py in a real browser: headless Chromium (Debian's chromium +
 chromium-driver) driven by Selenium, against the server started as a user starts it.
 
-Marker ``browser``: deselected by the default run (setup.cfg), run by .ci/run with
-``python -m pytest -q -m browser tests`` after it installs Chromium, the ``[demo]`` extra
-(Gradio) and Selenium. Nothing here is skipped: without them the tests fail and say what to
-install.
+Marker ``browser``: deselected unless ``--browser`` (tests/conftest.py); .ci/run installs
+Chromium, the ``[demo]`` extra (Gradio) and Selenium and runs
+``python -m pytest -q --browser -m browser tests``. Nothing here is skipped: without them
+the tests fail and say what to install.
 
 The server runs the tiny config with a random-weight checkpoint this module writes, from
 another folder (no cwd-relative path), with every outbound connection routed to a local
@@ -42,7 +42,7 @@ SENTENCES = ['the cat on the left', 'the remote']
 MAX_PIXELS = 400_000  # the fixture photo (307 200 px) fits, an 800×600 image does not
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 INSTALL = ('apt-get install -y chromium chromium-driver && pip install -e ".[demo]" '
-           'selenium')
+           '"selenium>=4.20,<5"')
 TIMEOUT = 120  # s, for one page action on a loaded 2-core machine
 
 
@@ -102,6 +102,9 @@ def reference_model(checkpoint):
 
 @pytest.fixture(scope='module')
 def server(checkpoint, tmp_path_factory):
+    import importlib.util
+    if importlib.util.find_spec('gradio') is None:
+        pytest.fail(f'the browser test needs Gradio (the [demo] extra); install: {INSTALL}')
     work = tmp_path_factory.mktemp('server')
     port = free_port()
     proxy = SentinelProxy()
