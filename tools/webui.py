@@ -155,8 +155,9 @@ class RefSegDemo:
         return sentences
 
     def read_image(self, path: Optional[str], name: Optional[str] = None) -> np.ndarray:
-        """The image as ``inference_model`` reads a file (``mmcv.imread``: H×W×3 BGR uint8),
-        after checking from its header that it is an image of at most ``max_pixels``."""
+        """The image as ``inference_model`` reads a file (``mmcv.imread``: H×W×3 BGR uint8,
+        EXIF orientation applied), after checking from its header that it is an image of at
+        most ``max_pixels``."""
         import PIL.Image
         if not path:
             raise BadInput('Pick an image first: drop one on the image box, click it to '
@@ -180,7 +181,7 @@ class RefSegDemo:
             raise BadInput(f'"{name}" is {size}; this page takes at most '
                            f'{_mp(self.max_pixels)} (--max-pixels {self.max_pixels}). '
                            'Downscale it first.')
-        img = mmcv.imread(path)
+        img = mmcv.imread(path, flag='color')  # upright (EXIF applied), as inference_model
         if img is None or img.ndim != 3 or img.shape[2] != 3:
             raise BadInput(f'"{name}" could not be decoded (truncated or an unsupported '
                            f'variant). Use a {IMAGE_FORMATS} file.')

@@ -149,12 +149,23 @@ def test_bad_images_get_a_message(demo, tmp_path):
     assert len(demo.run(IMAGE, 'the cat')['mask_files']) == 1
 
 
-def test_grey_image_is_read_like_inference_model(demo, model, tmp_path):
-    path = str(tmp_path / 'grey.png')
-    cv2.imwrite(path, cv2.cvtColor(mmcv.imread(IMAGE), cv2.COLOR_BGR2GRAY))
+@pytest.mark.parametrize('kind', ['grey', 'exif_rotated'])
+def test_image_is_read_like_inference_model(demo, model, tmp_path, kind):
+    from PIL import Image
+    rgb = mmcv.imread(IMAGE, channel_order='rgb')[:400, :300]  # 300 wide, 400 high
+    if kind == 'grey':
+        path = str(tmp_path / 'grey.png')
+        Image.fromarray(rgb).convert('L').save(path)
+    else:  # stored 300×400, EXIF orientation 6: shown (and read) upright as 400×300
+        path = str(tmp_path / 'phone.jpg')
+        exif = Image.Exif()
+        exif[0x0112] = 6
+        Image.fromarray(rgb).save(path, quality=95, exif=exif)
     res = demo.run(path, 'the cat')
     want = inference_model(model, path, ['the cat'])[0].pred_sem_seg.data[0].numpy() * 255
-    assert np.array_equal(cv2.imread(res['mask_files'][0], cv2.IMREAD_UNCHANGED), want)
+    png = cv2.imread(res['mask_files'][0], cv2.IMREAD_UNCHANGED)
+    assert png.shape == ((400, 300) if kind == 'grey' else (300, 400))
+    assert np.array_equal(png, want)
 
 
 def test_examples_fixture_photos_and_refshapes_scenes(tmp_path):

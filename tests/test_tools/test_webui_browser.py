@@ -46,7 +46,10 @@ INSTALL = ('apt-get install -y chromium chromium-driver && pip install -e ".[dem
 TIMEOUT = 120  # s, for one page action on a loaded 2-core machine
 
 
-def free_port():
+def unused_port():
+    """A port for the module's server. Not the suite's ``free_port`` fixture: that one is
+    per test and keeps its port bound, while this server lives for the whole module and
+    Gradio checks that its port is free before it binds it."""
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0))
         return s.getsockname()[1]
@@ -106,7 +109,7 @@ def server(checkpoint, tmp_path_factory):
     if importlib.util.find_spec('gradio') is None:
         pytest.fail(f'the browser test needs Gradio (the [demo] extra); install: {INSTALL}')
     work = tmp_path_factory.mktemp('server')
-    port = free_port()
+    port = unused_port()
     proxy = SentinelProxy()
     proxy_url = f'http://127.0.0.1:{proxy.port}'
     env = dict(os.environ, PYTHONPATH=REPO, PYTHONUNBUFFERED='1', OMP_NUM_THREADS='1',
