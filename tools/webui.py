@@ -213,7 +213,7 @@ class RefSegDemo:
         print_log(f'webui: request {request} start: {len(sentences)} sentence(s), '
                   f'{w}x{h} image', logger='current')
         t0 = time.perf_counter()
-        samples = inference_model(self.model, img, sentences, **_priors_kwarg())
+        samples = inference_model(self.model, img, sentences, return_priors=True)
         model_seconds = time.perf_counter() - t0
         print_log(f'webui: request {request} done: model {model_seconds:.3f} s',
                   logger='current')
@@ -259,15 +259,6 @@ class RefSegDemo:
         path = osp.join(self.out_dir, f'request_{request:06d}')
         os.makedirs(path)
         return path
-
-
-def _priors_kwarg() -> dict:
-    """``return_priors=True`` for ``inference_model`` (the agreed interface); an
-    ``inference_model`` without the switch always returns the priors."""
-    import inspect
-    if 'return_priors' in inspect.signature(inference_model).parameters:
-        return dict(return_priors=True)
-    return {}
 
 
 def _slug(text: str, max_len: int = 40) -> str:
