@@ -34,6 +34,18 @@ Options (paper's reading is the default):
 * ``norm_cfg``: the norm of the CAFG paths (BN / SyncBN / GN). The Swin's own LayerNorms
   are ``swin_norm_cfg`` (mmseg's ``norm_cfg`` of ``SwinTransformer``).
 * ``bsam_norm``: the instance norm of Eq 1 and 3 (``dict(type='IN1d')``; None = off).
+* ``attn_impl``: the window attention of the Swin blocks. ``'sdpa'`` (default) runs it
+  through ``F.scaled_dot_product_attention`` with the relative position bias and a -inf
+  shift mask as the attention mask (:mod:`.window_attention`: no N×N maps kept for the
+  backward, no denormals); ``'mmseg'`` keeps mmseg's explicit ``WindowMSA`` (for comparison).
+  Both have the same parameters and state dict keys and compute the same function.
+* ``lean_ffn`` (default True): the Swin MLPs keep only the GELU's input for the backward and
+  recompute the GELU (:mod:`.lean_ffn`; same function, parameters and keys as mmcv's FFN).
+* ``with_cp`` (mmseg's argument): activation checkpointing of every Swin block, here
+  non-reentrant (``torch.utils.checkpoint(..., use_reentrant=False)``); ``fusion_with_cp``
+  does the same for each stage's fusion (BSAM / tile). Less memory, one more forward of
+  those parts in the backward (docs/benchmark.md). The gates are never checkpointed: their
+  BatchNorm would update its running statistics twice (forward and recomputation).
 
 Pretrained weights: ``init_cfg=dict(type='Pretrained', checkpoint=PATH)`` accepts official
 Microsoft Swin checkpoints (e.g. ``swin_base_patch4_window12_384_22k.pth``), timm and mmseg
@@ -42,12 +54,15 @@ their own ``init_weights`` (xavier for linear layers, ConvModule default for CAF
 """
 import torch
 from mmseg.models.backbones.swin import SwinTransformer
+from torch.utils.checkpoint import checkpoint
 from mmseg.registry import MODELS
 
 from ..layers import BSAM, TileConcatFusion, apply_gate, build_gate, check_text_inputs
 from ..layers.gates import GATE_TYPES
 from ..utils import check_text_values
 from .swin_checkpoint import load_swin_pretrained
+from .lean_ffn import LeanFFN
+from .window_attention import SDPAShiftWindowMSA
 
 __all__ = ['BSAMSwinTransformer']
 
@@ -70,6 +85,11 @@ class BSAMSwinTransformer(SwinTransformer):
         norm_cfg (dict): norm of the CAFG paths. Default ``dict(type='BN')``.
         bsam_norm (dict | None): norm of Eq 1, 3. Default ``dict(type='IN1d')``.
         swin_norm_cfg (dict): the Swin's LayerNorms (``norm_cfg`` of mmseg's Swin).
+        attn_impl (str): window attention, ``'sdpa'`` (fused) or ``'mmseg'`` (explicit).
+            Default ``'sdpa'``.
+        lean_ffn (bool): Swin MLPs that recompute the GELU in the backward. Default True.
+        with_cp (bool): checkpoint every Swin block (non-reentrant). Default False.
+        fusion_with_cp (bool): checkpoint every stage's fusion (not the gate). Default False.
         **kwargs: every other argument of mmseg's ``SwinTransformer``. ``out_indices`` must
             stay ``(0, 1, 2, 3)``: all four maps are returned.
 
@@ -91,13 +111,31 @@ class BSAMSwinTransformer(SwinTransformer):
                  norm_cfg=dict(type='BN', requires_grad=True),
                  bsam_norm=dict(type='IN1d'),
                  swin_norm_cfg=dict(type='LN'),
+                 attn_impl='sdpa',
+                 lean_ffn=True,
+                 with_cp=False,
+                 fusion_with_cp=False,
                  **kwargs):
         if norm_cfg is not None and str(norm_cfg.get('type')) in ('LN', 'LayerNorm'):
             raise ValueError(
                 'BSAMSwinTransformer: norm_cfg is the norm of the CAFG gates (BN / SyncBN / '
                 'GN), got LN. The Swin\'s own LayerNorms are set with swin_norm_cfg (this is '
                 'the norm_cfg of mmseg\'s SwinTransformer); drop norm_cfg=LN from the config.')
-        super().__init__(norm_cfg=swin_norm_cfg, **kwargs)
+        if attn_impl not in ('sdpa', 'mmseg'):
+            raise ValueError(f"BSAMSwinTransformer: attn_impl must be 'sdpa' (fused) or "
+                             f"'mmseg' (explicit WindowMSA), got {attn_impl!r}.")
+        # mmseg's blocks would checkpoint with the reentrant variant: we do it in forward
+        super().__init__(norm_cfg=swin_norm_cfg, with_cp=False, **kwargs)
+        self.attn_impl = attn_impl
+        self.with_cp = bool(with_cp)
+        self.fusion_with_cp = bool(fusion_with_cp)
+        self.lean_ffn = bool(lean_ffn)
+        for stage in self.stages:  # same parameters and state dict keys, other forwards
+            for block in stage.blocks:
+                if attn_impl == 'sdpa':
+                    block.attn = SDPAShiftWindowMSA(block.attn)
+                if self.lean_ffn and LeanFFN.supports(block.ffn):
+                    block.ffn = LeanFFN(block.ffn)
         num_stages = len(self.stages)
         if tuple(self.out_indices) != tuple(range(num_stages)):
             raise ValueError(f'BSAMSwinTransformer returns all {num_stages} stage maps; '
@@ -187,6 +225,15 @@ class BSAMSwinTransformer(SwinTransformer):
         # values: on the host only (no device sync; the preprocessor checked them)
         check_text_values(text_mask, text_mask, None, 'BSAMSwinTransformer')
 
+    @staticmethod
+    def _maybe_checkpoint(enabled, fn, *args):
+        """``fn(*args)``, through non-reentrant activation checkpointing when ``enabled``
+        and a gradient is being recorded."""
+        if enabled and torch.is_grad_enabled() and any(
+                isinstance(a, torch.Tensor) and a.requires_grad for a in args):
+            return checkpoint(fn, *args, use_reentrant=False)
+        return fn(*args)
+
     def forward(self, img, text_feats, text_mask):
         """img B×3×H×W, text_feats B×Nt×C_t, text_mask B×Nt → (F_1, F_2, F_3, F_4, Q)."""
         self._check_inputs(img, text_feats, text_mask)
@@ -198,9 +245,10 @@ class BSAMSwinTransformer(SwinTransformer):
         outs, queries = [], []
         for i, stage in enumerate(self.stages):
             for block in stage.blocks:
-                x = block(x, hw_shape)
+                x = self._maybe_checkpoint(self.with_cp, block, x, hw_shape)
             vis = x  # V_i, B×HW×C_i
-            fused, query = self.fusions[i](vis, text_feats, text_mask)  # Eq 1-9 / tile
+            fused, query = self._maybe_checkpoint(self.fusion_with_cp, self.fusions[i], vis,
+                                                  text_feats, text_mask)  # Eq 1-9 / tile
             if query is not None:
                 queries.append(query)
             gated = apply_gate(self.gates[str(i)] if str(i) in self.gates else None,
