@@ -148,3 +148,78 @@ def test_init_cfg_is_refused_with_the_way_to_load_weights():
     with pytest.raises(ValueError, match='init_cfg.*name_or_path with pretrained=True'):
         tiny(init_cfg=dict(type='Pretrained', checkpoint='bert.pth'))
     assert tiny(init_cfg=None).init_cfg is None
+
+
+def _sdpa_eager_pair():
+    enc = {}
+    for impl in ('eager', 'sdpa'):  # no dropout: the two paths draw different masks
+        torch.manual_seed(0)
+        enc[impl] = BertTextEncoder(
+            config=dict(TINY_BERT, hidden_dropout_prob=0., attention_probs_dropout_prob=0.),
+            pretrained=False, attn_implementation=impl)
+    enc['sdpa'].load_state_dict(enc['eager'].state_dict())
+    return enc
+
+
+def test_sdpa_attention_is_used_and_matches_eager_with_padding():
+    enc = _sdpa_eager_pair()
+    assert type(enc['sdpa'].bert.encoder.layer[0].attention.self).__name__ == \
+        'BertSdpaSelfAttention'
+    assert type(enc['eager'].bert.encoder.layer[0].attention.self).__name__ == \
+        'BertSelfAttention'
+    outs, grads = [], []
+    for impl in ('eager', 'sdpa'):
+        e = enc[impl].train()
+        feats, _ = e(IDS, MASK)
+        (feats * MASK[..., None]).square().sum().backward()
+        outs.append(feats.detach())
+        grads.append([p.grad.clone() for p in e.parameters()])
+    # padded positions differ (eager attends with a finite -3.4e38, both exact on real words)
+    torch.testing.assert_close(outs[1][MASK.bool()], outs[0][MASK.bool()], atol=1e-5,
+                               rtol=1e-5)
+    scale = max(g.abs().max() for g in grads[0])  # some gradients are 0 up to rounding
+    assert max((a - b).abs().max() for a, b in zip(grads[1], grads[0])) <= 1e-5 * scale
+    # padding stays exact with SDPA: other ids under the mask change nothing
+    ids2 = IDS.clone()
+    ids2[0, 4:] = 55
+    with torch.no_grad():
+        a, _ = enc['sdpa'].eval()(IDS, MASK)
+        b, _ = enc['sdpa'](ids2, MASK)
+    torch.testing.assert_close(a[0, :4], b[0, :4], atol=1e-6, rtol=1e-6)
+
+
+def test_no_host_sync_on_the_padding_mask(monkeypatch):
+    """transformers tests ``torch.all(mask == 1)`` (a host-device sync) on a B×Nt mask; the
+    encoder hands it a B×1×Nt mask, which takes the sync-free path."""
+    import transformers.modeling_attn_mask_utils as mask_utils
+    import transformers.models.bert.modeling_bert as bert_mod
+
+    def fail(*args, **kwargs):
+        raise AssertionError('the 2-D padding-mask path (with its host sync) was taken')
+
+    monkeypatch.setattr(mask_utils, '_prepare_4d_attention_mask_for_sdpa', fail)
+    monkeypatch.setattr(bert_mod, '_prepare_4d_attention_mask_for_sdpa', fail)
+    enc = tiny().eval()
+    with torch.no_grad():
+        enc(IDS, MASK)
+
+
+def test_activation_checkpointing_same_gradients():
+    plain = tiny()
+    cp = tiny(with_cp=True)
+    cp.load_state_dict(plain.state_dict())
+    assert cp.bert.is_gradient_checkpointing and not plain.bert.is_gradient_checkpointing
+    grads = []
+    for e in (plain, cp):
+        e.train()
+        torch.manual_seed(3)  # same dropout masks (checkpointing replays the RNG state)
+        feats, _ = e(IDS, MASK)
+        feats.square().mean().backward()
+        grads.append([p.grad.clone() for p in e.parameters()])
+    for a, b in zip(grads[1], grads[0]):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_attn_implementation_is_checked():
+    with pytest.raises(ValueError, match="attn_implementation must be 'sdpa' or 'eager'"):
+        tiny(attn_implementation='flash')

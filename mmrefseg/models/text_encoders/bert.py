@@ -23,6 +23,14 @@ model never needs the BERT download.
 
 With ``pretrained=False`` ``init_weights`` leaves transformers' initialisation alone, so a
 segmentor's ``init_weights`` never re-draws the text encoder.
+
+Speed and memory: ``attn_implementation='sdpa'`` (default) runs BERT's self-attention through
+``F.scaled_dot_product_attention`` (transformers' ``BertSdpaSelfAttention``; ``'eager'`` is
+the explicit softmax(QKᵀ)V, same weights, same function). The padding mask is handed to
+BERT as B×1×Nt, which transformers turns into an additive mask (0 / dtype min) without the
+``torch.all(mask == 1)`` test - a host-device sync - that it runs on a B×Nt mask.
+``with_cp=True`` checkpoints every encoder layer (non-reentrant; transformers'
+``gradient_checkpointing_enable``).
 """
 import logging
 import os.path as osp
@@ -86,6 +94,9 @@ class BertTextEncoder(BaseModule):
             layers (0 = train everything, the paper's recipe). Default 0.
         hf_kwargs (dict | None): extra kwargs for ``from_pretrained`` of the weights or
             of the config (e.g. ``local_files_only=True``, ``cache_dir=...``).
+        attn_implementation (str): ``'sdpa'`` (fused) or ``'eager'``. Default ``'sdpa'``.
+        with_cp (bool): activation checkpointing of every encoder layer (training only).
+            Default False.
         init_cfg: must be None: the weights come from ``name_or_path`` with
             ``pretrained=True`` (a hub name or a ``save_pretrained`` folder), or from an
             mmrefseg checkpoint (``load_from`` / ``init_model``).
@@ -109,6 +120,8 @@ class BertTextEncoder(BaseModule):
                  freeze=False,
                  frozen_layers=0,
                  hf_kwargs=None,
+                 attn_implementation='sdpa',
+                 with_cp=False,
                  init_cfg=None):
         if init_cfg is not None:
             raise ValueError(
@@ -116,6 +129,9 @@ class BertTextEncoder(BaseModule):
                 'from name_or_path with pretrained=True (a hub name or a save_pretrained '
                 'folder), or from an mmrefseg checkpoint (load_from / init_model).')
         super().__init__(init_cfg=init_cfg)
+        if attn_implementation not in ('sdpa', 'eager'):
+            raise ValueError(f"BertTextEncoder: attn_implementation must be 'sdpa' or 'eager', "
+                             f'got {attn_implementation!r}.')
         self.name_or_path = name_or_path
         self.pretrained = bool(pretrained and name_or_path is not None)
         self.hf_kwargs = dict(hf_kwargs or {})
@@ -136,7 +152,12 @@ class BertTextEncoder(BaseModule):
                 'encoder starts from RANDOM weights. Set name_or_path (e.g. '
                 '"bert-base-uncased" or a local folder) to load BERT weights.',
                 logger='current', level=logging.WARNING)
+        bert_config._attn_implementation = attn_implementation
         self.bert = BertModel(bert_config, add_pooling_layer=False)
+        self.with_cp = bool(with_cp)
+        if self.with_cp:
+            self.bert.gradient_checkpointing_enable(
+                gradient_checkpointing_kwargs=dict(use_reentrant=False))
         self.embed_dims = self.bert.config.hidden_size
         self.vocab_size = self.bert.config.vocab_size
         num_layers = self.bert.config.num_hidden_layers
