@@ -9,6 +9,7 @@ from ..utils import atomic_io
 from . import runner_utils  # noqa: F401  (registers CPUAmpOptimWrapper)
 from .hooks import *  # noqa: F401,F403
 from .multi_split_test_loop import MultiSplitTestLoop
+from .optimizers import FusedAdamW
 from .resumable_epoch_loop import ResumableEpochBasedTrainLoop
 from .skip_bad_samples import SkipBadSamplesDataset
 
@@ -16,5 +17,5 @@ atomic_io.apply()
 
 __all__ = [
     'SkipBadSamplesDataset', 'NonFiniteLossHook', 'ResumableEpochBasedTrainLoop',
-    'MultiSplitTestLoop'
+    'MultiSplitTestLoop', 'FusedAdamW'
 ]

@@ -102,7 +102,8 @@ def test_every_base_file_holds_what_its_folder_promises(path):
 def test_full_configs_follow_the_paper_recipe(path):
     cfg = load(path)
     opt = cfg.optim_wrapper
-    assert opt.optimizer.type == 'AdamW' and opt.optimizer.lr == 1.5e-5
+    # FusedAdamW = AdamW (fused kernel where torch has one)
+    assert opt.optimizer.type == 'FusedAdamW' and opt.optimizer.lr == 1.5e-5
     assert opt.optimizer.weight_decay == 0.01 and opt.clip_grad is None
     assert opt.paramwise_cfg.norm_decay_mult == 0.0
     assert opt.paramwise_cfg.custom_keys.relative_position_bias_table.decay_mult == 0.0
