@@ -1,14 +1,57 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """Helpers of ``tools/analysis_tools/get_flops.py`` and ``benchmark.py``: a synthetic
-referring batch (random image, full-length sentence, box mask) and a model built without
-pretrained downloads - counting and timing need neither a dataset nor real weights."""
+referring batch (random image, full-length sentence, box mask), a model built without
+pretrained downloads - counting and timing need neither a dataset nor real weights - and
+the FLOP counter both tools use.
+
+This module imports only torch and mmengine at the top: ``benchmark.py`` loads it by file
+path to count the FLOPs of another commit's model with the same rules.
+"""
 import logging
 from typing import Optional, Tuple
 
 import torch
 from mmengine.logging import print_log
 
-__all__ = ['dummy_data_batch', 'text_max_length', 'build_model_for_measurement']
+__all__ = [
+    'dummy_data_batch', 'text_max_length', 'build_model_for_measurement', 'flop_counter',
+    'FLOP_RULES'
+]
+
+
+def _sdpa_rules() -> dict:
+    """FLOP formulas for torch's CPU SDPA kernels (torch counts only the CUDA ones): the
+    same formulas as those (2 FLOPs per multiply-add; backward = 2× forward)."""
+    from torch.utils import flop_counter as fc
+    aten = torch.ops.aten
+    rules = {}
+    fwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu', None)
+    bwd = getattr(aten, '_scaled_dot_product_flash_attention_for_cpu_backward', None)
+    if fwd is not None:
+        def _fwd(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
+            return fc.sdpa_flop_count(query_shape, key_shape, value_shape)
+
+        rules[fwd] = _fwd
+    if bwd is not None and hasattr(fc, 'sdpa_backward_flop_count'):
+        def _bwd(grad_out_shape, query_shape, key_shape, value_shape, *args,
+                 out_shape=None, **kwargs):
+            return fc.sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape,
+                                               value_shape)
+
+        rules[bwd] = _bwd
+    return rules
+
+
+#: extra FlopCounterMode rules (CPU SDPA forward and backward)
+FLOP_RULES = _sdpa_rules()
+
+
+def flop_counter(display: bool = False):
+    """``torch.utils.flop_counter.FlopCounterMode`` with :data:`FLOP_RULES`: it counts
+    matmuls, convolutions and attention (2 FLOPs per multiply-add), forward and backward,
+    and ignores element-wise ops, norms, softmax and resizing."""
+    from torch.utils.flop_counter import FlopCounterMode
+    return FlopCounterMode(display=display, custom_mapping=FLOP_RULES)
 
 
 def build_model_for_measurement(cfg, checkpoint: Optional[str] = None, device: str = 'cpu'):

@@ -17,9 +17,11 @@ OpenMMLab stack on today's torch"):
    choice) means BN running statistics are not copied from rank 0 at every forward: with
    SyncBN they are equal on every rank anyway, with plain BN each rank keeps its own and
    the checkpoint (written by rank 0) holds rank 0's.
-2. **Mixed precision on CPU.** mmengine's ``AmpOptimWrapper`` asserts a GPU. On CPU the
-   mixed precision is bf16 autocast without a gradient scaler:
-   :class:`CPUAmpOptimWrapper`. :func:`enable_amp` picks the right wrapper for ``--amp``.
+2. **Mixed precision on CPU, and bf16.** mmengine's ``AmpOptimWrapper`` asserts a GPU
+   and always scales the loss. :class:`AutocastOptimWrapper` is autocast with a loss scaler
+   for fp16 only; :class:`CPUAmpOptimWrapper` is that on the CPU (bf16 by default).
+   :func:`enable_amp` picks the wrapper for ``--amp`` from the device and the config's
+   ``amp_dtype``.
 
 On a machine with CUDA every function here leaves the config to mmengine's own path.
 """
@@ -37,38 +39,115 @@ from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 
 __all__ = [
-    'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp', 'set_work_dir',
-    'check_config_file', 'add_launcher_args', 'parse_launcher_args', 'build_runner',
-    'cpu_model_wrapper_cfg'
+    'AutocastOptimWrapper', 'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp',
+    'set_work_dir', 'check_config_file', 'add_launcher_args', 'parse_launcher_args',
+    'build_runner', 'cpu_model_wrapper_cfg'
 ]
 
 
-@OPTIM_WRAPPERS.register_module()
-class CPUAmpOptimWrapper(OptimWrapper):
-    """``OptimWrapper`` whose forward runs under CPU bf16 autocast (no loss scaler).
+def _as_dtype(dtype):
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype, None)
+    return dtype
 
-    bf16 has fp32's exponent range, so no gradient scaling is needed; mmengine's
-    ``AmpOptimWrapper`` is CUDA-only (it asserts a GPU and uses a CUDA ``GradScaler``).
+
+def _grad_scaler(device_type: str, loss_scale):
+    """A dynamic (``'dynamic'``), fixed-start (float) or configured (dict) GradScaler."""
+    if hasattr(torch, 'amp') and hasattr(torch.amp, 'GradScaler'):
+        cls = torch.amp.GradScaler  # torch >= 2.3: any device
+        kwargs = dict(device=device_type)
+    elif device_type == 'cuda':
+        cls, kwargs = torch.cuda.amp.GradScaler, {}
+    else:
+        raise RuntimeError(f'fp16 mixed precision on {device_type} needs a loss scaler for '
+                           f'that device (torch >= 2.3, this is {torch.__version__}); use '
+                           "amp_dtype='bfloat16'.")
+    if loss_scale == 'dynamic':
+        return cls(**kwargs)
+    if isinstance(loss_scale, (int, float)):
+        return cls(init_scale=float(loss_scale), **kwargs)
+    if isinstance(loss_scale, dict):
+        return cls(**kwargs, **loss_scale)
+    raise TypeError(f'loss_scale must be "dynamic", a float or a dict, got {loss_scale!r}.')
+
+
+@OPTIM_WRAPPERS.register_module()
+class AutocastOptimWrapper(OptimWrapper):
+    """``OptimWrapper`` whose forward runs under ``torch.autocast`` in ``dtype``.
+
+    bf16 has fp32's exponent range: no loss scaling (and no per-step host-device sync of a
+    scaler's inf check). fp16 gets a dynamic loss scaler (``torch.amp.GradScaler`` of the
+    device, as mmengine's ``AmpOptimWrapper`` on CUDA).
 
     Args:
-        dtype (str | torch.dtype): autocast dtype; CPU autocast supports only
-            ``'bfloat16'``. Other arguments as :class:`mmengine.optim.OptimWrapper`.
+        dtype (str | torch.dtype): ``'bfloat16'`` or ``'float16'``. Default ``'bfloat16'``.
+        loss_scale (str | float | dict): fp16 only, as ``AmpOptimWrapper``'s.
+            Default ``'dynamic'``.
+        device_type (str | None): autocast device; None = ``'cuda'`` when available,
+            else ``'cpu'``. Other arguments as :class:`mmengine.optim.OptimWrapper`.
     """
 
-    def __init__(self, dtype='bfloat16', **kwargs):
+    def __init__(self, dtype='bfloat16', loss_scale='dynamic', device_type=None, **kwargs):
         super().__init__(**kwargs)
-        if isinstance(dtype, str):
-            dtype = getattr(torch, dtype, None)
-        if dtype is not torch.bfloat16:
-            raise ValueError(f'CPUAmpOptimWrapper: dtype={dtype!r} is not supported; CPU '
-                             "autocast only runs in bfloat16 (dtype='bfloat16').")
+        dtype = _as_dtype(dtype)
+        if dtype not in (torch.bfloat16, torch.float16):
+            raise ValueError(f'{type(self).__name__}: dtype={dtype!r} is not supported; use '
+                             "'bfloat16' or 'float16'.")
         self.cast_dtype = dtype
+        self.device_type = device_type or ('cuda' if torch.cuda.is_available() else 'cpu')
+        self.loss_scaler = (_grad_scaler(self.device_type, loss_scale)
+                            if dtype is torch.float16 else None)
+
+    def backward(self, loss: torch.Tensor, **kwargs) -> None:
+        if self.loss_scaler is None:
+            return super().backward(loss, **kwargs)
+        self.loss_scaler.scale(loss).backward(**kwargs)
+        self._inner_count += 1
+
+    def step(self, **kwargs) -> None:
+        if self.loss_scaler is None:
+            return super().step(**kwargs)
+        if self.clip_grad_kwargs:
+            self.loss_scaler.unscale_(self.optimizer)
+            self._clip_grad()
+        self.loss_scaler.step(self.optimizer, **kwargs)
+        self.loss_scaler.update()
+
+    def state_dict(self) -> dict:
+        state = super().state_dict()
+        if self.loss_scaler is not None:
+            state['loss_scaler'] = self.loss_scaler.state_dict()
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        scaler_state = state_dict.pop('loss_scaler', None)
+        if scaler_state is not None and self.loss_scaler is not None:
+            self.loss_scaler.load_state_dict(scaler_state)
+        super().load_state_dict(state_dict)
 
     @contextmanager
     def optim_context(self, model):
-        with super().optim_context(model), torch.autocast(device_type='cpu',
+        with super().optim_context(model), torch.autocast(device_type=self.device_type,
                                                           dtype=self.cast_dtype):
             yield
+
+
+@OPTIM_WRAPPERS.register_module()
+class CPUAmpOptimWrapper(AutocastOptimWrapper):
+    """:class:`AutocastOptimWrapper` on the CPU (what ``--amp`` builds without CUDA).
+
+    mmengine's ``AmpOptimWrapper`` is CUDA-only (it asserts a GPU and uses a CUDA
+    ``GradScaler``). bf16 (default) needs no loss scaler; fp16 gets torch's CPU GradScaler
+    (torch >= 2.3; slow on CPUs without fp16 arithmetic).
+
+    Args:
+        dtype (str | torch.dtype): ``'bfloat16'`` or ``'float16'``. Default ``'bfloat16'``.
+        Other arguments as :class:`AutocastOptimWrapper`.
+    """
+
+    def __init__(self, dtype='bfloat16', **kwargs):
+        kwargs['device_type'] = 'cpu'
+        super().__init__(dtype=dtype, **kwargs)
 
 
 def add_launcher_args(parser) -> None:
@@ -128,10 +207,15 @@ def set_work_dir(cfg, work_dir: Optional[str], config_path: str) -> None:
 
 
 def enable_amp(cfg) -> None:
-    """Turn on mixed precision for ``--amp``: fp16 + dynamic loss scale on CUDA
-    (mmengine ``AmpOptimWrapper``), bf16 autocast on CPU (:class:`CPUAmpOptimWrapper`)."""
+    """Turn on mixed precision for ``--amp``, in the dtype of the config's ``amp_dtype``
+    (``'float16'`` | ``'bfloat16'``; default float16 on CUDA, bfloat16 on CPU):
+
+    * CUDA fp16: mmengine's ``AmpOptimWrapper`` with a dynamic loss scale;
+    * CUDA bf16: :class:`AutocastOptimWrapper` (bf16 needs no loss scaler);
+    * CPU: :class:`CPUAmpOptimWrapper` (bf16; fp16 with torch's CPU loss scaler).
+    """
     wrapper = cfg.optim_wrapper.get('type', 'OptimWrapper')
-    if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper'):
+    if wrapper in ('AmpOptimWrapper', 'CPUAmpOptimWrapper', 'AutocastOptimWrapper'):
         print_log('AMP training is already enabled in your config.', logger='current',
                   level=logging.WARNING)
         return
@@ -139,12 +223,21 @@ def enable_amp(cfg) -> None:
         raise ValueError(f'--amp is only supported when optim_wrapper.type is '
                          f"'OptimWrapper', but the config has {wrapper!r}. Remove --amp or "
                          'set the AMP wrapper in the config yourself.')
-    if torch.cuda.is_available():
+    cuda = torch.cuda.is_available()
+    dtype = cfg.get('amp_dtype', None) or ('float16' if cuda else 'bfloat16')
+    dtype = str(dtype).replace('torch.', '')
+    if dtype not in ('float16', 'bfloat16'):
+        raise ValueError(f"amp_dtype must be 'float16' or 'bfloat16', got {dtype!r}.")
+    if cuda and dtype == 'float16':
         cfg.optim_wrapper.type = 'AmpOptimWrapper'
+        cfg.optim_wrapper.dtype = 'float16'
         cfg.optim_wrapper.loss_scale = 'dynamic'
+    elif cuda:
+        cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+        cfg.optim_wrapper.dtype = 'bfloat16'
     else:
         cfg.optim_wrapper.type = 'CPUAmpOptimWrapper'
-        cfg.optim_wrapper.dtype = 'bfloat16'
+        cfg.optim_wrapper.dtype = dtype
 
 
 def _slurm_env(port=None):

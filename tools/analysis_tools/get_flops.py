@@ -25,22 +25,12 @@ if REPO_ROOT not in sys.path:
 
 import torch  # noqa: E402
 from mmengine.config import Config, DictAction  # noqa: E402
-from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401
 from mmrefseg.apis.measure import (build_model_for_measurement,  # noqa: E402
-                                   dummy_data_batch, text_max_length)
+                                   dummy_data_batch, flop_counter, text_max_length)
 
 TEXT_ENCODER_ATTR = 'text_encoder'
-
-
-def _cpu_sdpa_flop(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs):
-    """torch counts the CUDA SDPA kernels only; the CPU one (HF BERT's attention on a
-    CPU) gets the same formula."""
-    return sdpa_flop_count(query_shape, key_shape, value_shape)
-
-
-CUSTOM_FLOPS = {torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_sdpa_flop}
 
 
 def parse_args(argv=None):
@@ -78,7 +68,7 @@ def count_macs(model, shape, text_len, max_length) -> dict:
     batch = dummy_data_batch(1, shape, text_len=text_len, max_length=max_length,
                              with_gt=False)
     data = model.data_preprocessor(batch, False)
-    counter = FlopCounterMode(display=False, custom_mapping=CUSTOM_FLOPS)
+    counter = flop_counter()
     with torch.no_grad(), counter:
         model(data['inputs'], data['data_samples'], mode='tensor')
     total = counter.get_total_flops()
