@@ -69,7 +69,7 @@ def test_every_config_says_what_a_run_needs(path):
     assert cfg.val_dataloader.dataset.test_mode and cfg.test_dataloader.dataset.test_mode
     assert cfg.val_evaluator.type == cfg.test_evaluator.type == 'RefSegMetric'
     assert cfg.train_cfg.type in ('ResumableEpochBasedTrainLoop', 'IterBasedTrainLoop')
-    assert cfg.optim_wrapper.optimizer.type == 'AdamW'
+    assert cfg.optim_wrapper.optimizer.type in ('AdamW', 'FusedAdamW')
     if cfg.train_dataloader.dataset.type == 'RefCOCODataset':  # (seed, epoch, index) draws
         assert cfg.train_dataloader.sampler.type == 'EpochTaggedSampler'
 

@@ -19,8 +19,8 @@ from .toy import make_runner
 pytestmark = pytest.mark.cuda
 
 #: BSAMSwinTransformer's config key that selects the fused (SDPA) window attention, and
-#: its two values (reference, fused): h3-perf names it (docs/model.md); None until then
-ATTN_SWITCH = None
+#: its two values (reference, fused); docs/model.md, "Attention and memory options"
+ATTN_SWITCH = ('attn_impl', ('mmseg', 'sdpa'))
 
 
 @pytest.fixture

@@ -45,11 +45,35 @@ def test_benchmark_short_run_table_and_json(tmp_path, capsys):
     for r in res['results']:
         assert r['s_per_iter'] > 0 and r['peak_mem_mb'] > 0 and len(r['times_s']) == 1
         assert r['s_per_image'] == pytest.approx(r['s_per_iter'] / r['batch_size'])
+        # the share of the matmul peak of the phase's own precision, measured in the run
+        assert r['peak_gflops'] > 0 and r['gflop_per_iter'] > 0
+        assert r['achieved_gflops'] == pytest.approx(r['gflop_per_iter'] / r['s_per_iter'])
+        assert r['share_of_peak'] == pytest.approx(r['achieved_gflops'] / r['peak_gflops'])
+        assert r['denormals'] == 'flush' and r['compile'] is False
+    train_fp32, train_amp = res['results'][1], res['results'][3]
+    # training = forward + backward: about 3× the forward's matmul FLOPs
+    assert 2 * res['results'][0]['gflop_per_iter'] < train_fp32['gflop_per_iter'] / 2
+    assert train_amp['gflop_per_iter'] == pytest.approx(train_fp32['gflop_per_iter'])
+    assert res['env']['device'] == 'cpu' and res['ratios'] == []
     assert res['results'][1]['batch_size'] == 2
     with open(out_json) as f:
         assert len(json.load(f)['results']) == 4
     out = capsys.readouterr().out
     assert 'peak RSS MB' in out or 'peak CUDA MB' in out
+
+
+def test_benchmark_side_by_side_with_another_checkout(tmp_path, capsys):
+    """``--ref-path``: the same phases for both checkouts, interleaved, and this / ref."""
+    res = benchmark.main([CONFIG, '--shape', '64', '--warmup', '0', '--iters', '1',
+                          '--mode', 'inference', '--denormals', 'flush', 'keep',
+                          '--no-flops', '--peak-sizes', '256', '--ref-path', REPO])
+    got = [(r['commit'], r['denormals']) for r in res['results']]
+    assert got == [('ref', 'flush'), ('this', 'flush'), ('ref', 'keep'), ('this', 'keep')]
+    assert [(t['denormals'], t['mode']) for t in res['ratios']] == [('flush', 'inference'),
+                                                                      ('keep', 'inference')]
+    for t in res['ratios']:
+        assert t['time_ratio'] > 0 and t['mem_ratio'] > 0 and t['ref'] == REPO
+    assert 'this / ' in capsys.readouterr().out
 
 
 def test_tools_name_missing_config():

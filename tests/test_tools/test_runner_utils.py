@@ -1,6 +1,8 @@
 # Copyright (c) mmrefseg contributors. All rights reserved.
 """mmrefseg.engine.runner_utils: CPU distributed set-up, --amp on CPU, config checks."""
 
+import copy
+
 import pytest
 import torch
 import torch.distributed as dist
@@ -131,9 +133,75 @@ def test_amp_errors():
     cfg.optim_wrapper.type = 'MyWrapper'
     with pytest.raises(ValueError, match='MyWrapper'):
         enable_amp(cfg)
-    with pytest.raises(ValueError, match='bfloat16'):
-        CPUAmpOptimWrapper(dtype='float16', optimizer=torch.optim.SGD(
+    with pytest.raises(ValueError, match="'bfloat16' or 'float16'"):
+        CPUAmpOptimWrapper(dtype='float32', optimizer=torch.optim.SGD(
             torch.nn.Linear(1, 1).parameters(), lr=0.1))
+    cfg = _cfg()
+    cfg.amp_dtype = 'float64'
+    with pytest.raises(ValueError, match='amp_dtype'):
+        enable_amp(cfg)
+
+
+@cpu_only
+def test_amp_dtype_float16_on_cpu_scales_the_loss():
+    """``amp_dtype='float16'``: fp16 autocast with a dynamic loss scaler (the CPU one, torch
+    >= 2.3); an older torch refuses it naming the way out (bf16)."""
+    cfg = _cfg()
+    cfg.amp_dtype = 'float16'
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.type == 'CPUAmpOptimWrapper'
+    from mmengine.optim import build_optim_wrapper
+    from mmengine.registry import init_default_scope
+    init_default_scope('mmseg')
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 3)
+    if not (hasattr(torch, 'amp') and hasattr(torch.amp, 'GradScaler')):  # torch < 2.3
+        with pytest.raises(RuntimeError, match="amp_dtype='bfloat16'"):
+            build_optim_wrapper(model, cfg.optim_wrapper)
+        return
+    wrapper = build_optim_wrapper(model, cfg.optim_wrapper)
+    assert wrapper.loss_scaler is not None
+    init_scale = wrapper.loss_scaler.get_scale()
+    before = model.weight.detach().clone()
+    # d loss / d W = 2 · scale overflows fp16 (max 65504) at the initial scale 2^16 and at
+    # 2^15: those steps are skipped, the scale halves, the third step goes through
+    for _ in range(3):
+        with wrapper.optim_context(model):
+            y = model(torch.ones(2, 4))
+        assert y.dtype == torch.float16
+        wrapper.update_params(y.float().sum())
+    assert wrapper.loss_scaler.get_scale() == init_scale / 4
+    assert torch.isfinite(model.weight).all() and not torch.equal(before, model.weight)
+    state = wrapper.state_dict()
+    assert 'loss_scaler' in state  # resumes with its scale
+    scale = state['loss_scaler']['scale']
+    fresh = build_optim_wrapper(torch.nn.Linear(4, 3), cfg.optim_wrapper)
+    fresh.load_state_dict(copy.deepcopy(state))
+    assert fresh.loss_scaler.state_dict()['scale'] == scale
+
+
+@pytest.mark.parametrize('amp_dtype,wrapper,dtype', [
+    (None, 'AmpOptimWrapper', 'float16'),  # mmengine's, with its dynamic loss scaler
+    ('float16', 'AmpOptimWrapper', 'float16'),
+    ('bfloat16', 'AutocastOptimWrapper', 'bfloat16'),  # no scaler, no per-step inf check
+])
+def test_amp_on_cuda_picks_the_wrapper_from_amp_dtype(monkeypatch, amp_dtype, wrapper, dtype):
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    cfg = _cfg()
+    if amp_dtype is not None:
+        cfg.amp_dtype = amp_dtype
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.type == wrapper and cfg.optim_wrapper.dtype == dtype
+    assert cfg.optim_wrapper.get('loss_scale') == ('dynamic' if dtype == 'float16' else None)
+
+
+def test_amp_already_in_the_config_is_left_alone():
+    cfg = _cfg()
+    cfg.optim_wrapper.type = 'AutocastOptimWrapper'
+    cfg.optim_wrapper.dtype = 'float16'
+    enable_amp(cfg)
+    assert cfg.optim_wrapper.type == 'AutocastOptimWrapper'
+    assert cfg.optim_wrapper.dtype == 'float16'
 
 
 def test_work_dir_priority_and_config_check(tmp_path):

@@ -64,7 +64,9 @@ class FusedAdamW(torch.optim.AdamW):
     """
 
     def __init__(self, params, *args, fused=None, **kwargs):
-        params = list(params)
+        # mmengine's optimizer constructor hands its parameter groups over as ConfigDicts,
+        # which torch.compile (mmengine's ``compile`` config) cannot trace: plain dicts
+        params = [dict(p) if isinstance(p, dict) else p for p in params]
         if fused is None:
             fused = fused_adamw_supported(_tensors(params))
         if fused:
