@@ -29,12 +29,18 @@ Speed and memory: ``attn_implementation='sdpa'`` (default) runs BERT's self-atte
 the explicit softmax(QKᵀ)V, same weights, same function). The padding mask is handed to
 BERT as B×1×Nt, which transformers turns into an additive mask (0 / dtype min) without the
 ``torch.all(mask == 1)`` test - a host-device sync - that it runs on a B×Nt mask.
+On a torch whose SDPA refuses a float mask of another dtype than the query (torch 2.1:
+under autocast the additive mask is fp32, the queries bf16/fp16) ``'sdpa'`` falls back to
+``'eager'`` with a warning (:func:`sdpa_accepts_mask_of_another_dtype`).
 ``with_cp=True`` checkpoints every encoder layer (non-reentrant; transformers'
 ``gradient_checkpointing_enable``).
 """
+import functools
 import logging
 import os.path as osp
 
+import torch
+import torch.nn.functional as F
 from mmengine.logging import print_log
 from mmengine.model import BaseModule
 from transformers import BertConfig, BertModel
@@ -42,6 +48,20 @@ from transformers import BertConfig, BertModel
 from mmseg.registry import MODELS
 
 from ..utils import check_text_values
+
+
+@functools.lru_cache(maxsize=None)
+def sdpa_accepts_mask_of_another_dtype() -> bool:
+    """True when ``F.scaled_dot_product_attention`` takes a float mask whose dtype is not the
+    query's (what transformers' BERT hands it under autocast: an fp32 additive mask, bf16
+    queries). torch 2.1 refuses it ("Expected attn_mask dtype to be bool or to match query
+    dtype"); later versions take it."""
+    q = torch.zeros(1, 1, 1, 8, dtype=torch.bfloat16)
+    try:
+        F.scaled_dot_product_attention(q, q, q, attn_mask=torch.zeros(1, 1, 1, 1))
+    except RuntimeError:
+        return False
+    return True
 
 __all__ = ['BertTextEncoder', 'BUILTIN_CONFIGS']
 
@@ -152,6 +172,13 @@ class BertTextEncoder(BaseModule):
                 'encoder starts from RANDOM weights. Set name_or_path (e.g. '
                 '"bert-base-uncased" or a local folder) to load BERT weights.',
                 logger='current', level=logging.WARNING)
+        if attn_implementation == 'sdpa' and not sdpa_accepts_mask_of_another_dtype():
+            print_log(
+                f'BertTextEncoder: torch {torch.__version__} SDPA refuses the fp32 padding '
+                'mask under autocast; using attn_implementation=\'eager\' (same function).',
+                logger='current', level=logging.WARNING)
+            attn_implementation = 'eager'
+        self.attn_implementation = attn_implementation
         bert_config._attn_implementation = attn_implementation
         self.bert = BertModel(bert_config, add_pooling_layer=False)
         self.with_cp = bool(with_cp)
