@@ -32,7 +32,8 @@ if REPO_ROOT not in sys.path:
 from mmengine.config import Config  # noqa: E402
 from mmengine.dist import is_main_process  # noqa: E402
 
-import mmrefseg  # noqa: E402,F401  (torch.load allow-list before any checkpoint is read)
+import mmrefseg  # noqa: E402,F401  (registers the components)
+from mmrefseg.utils.compat import apply_pkg_resources_fallback  # noqa: E402
 from mmrefseg.engine.runner_utils import (add_launcher_args, build_runner,  # noqa: E402
                                           check_config_file, parse_launcher_args,
                                           set_work_dir, setup_cpu_distributed)
@@ -135,6 +136,7 @@ def main(argv=None):
         raise FileNotFoundError(
             f'checkpoint {args.checkpoint!r} not found: pass a .pth written by '
             'tools/train.py (e.g. work_dirs/<config>/iter_1000.pth) or a URL.')
+    apply_pkg_resources_fallback()  # only acts without pkg_resources (setuptools >= 82)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

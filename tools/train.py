@@ -23,7 +23,8 @@ if REPO_ROOT not in sys.path:
 
 from mmengine.config import Config  # noqa: E402
 
-import mmrefseg  # noqa: E402,F401  (torch.load allow-list before any checkpoint is read)
+import mmrefseg  # noqa: E402,F401  (registers the components)
+from mmrefseg.utils.compat import apply_pkg_resources_fallback  # noqa: E402
 from mmrefseg.engine.runner_utils import (add_launcher_args, build_runner,  # noqa: E402
                                           check_config_file, enable_amp,
                                           parse_launcher_args, set_work_dir,
@@ -76,6 +77,7 @@ def main(argv=None):
     args = parse_args(argv)
 
     check_config_file(args.config)
+    apply_pkg_resources_fallback()  # only acts without pkg_resources (setuptools >= 82)
     cfg = Config.fromfile(args.config)
     cfg.launcher = args.launcher
     if args.cfg_options is not None:

@@ -15,4 +15,11 @@ load_from = None
 resume = False
 # A NaN/Inf loss stops the run with the iteration and every loss term printed
 # ('skip' skips the optimizer step instead and raises after max_consecutive skips).
-custom_hooks = [dict(type='NonFiniteLossHook', nonfinite='raise')]
+# SafeCheckpointLoadHook: load_from / resume / mmseg's tools/test.py CHECKPOINT read Runner
+# checkpoints on torch >= 2.6 (weights-only loader + an allow-list); a truncated file is
+# reported as such. Keep it when a config replaces custom_hooks. Crash-safe writes come
+# from the AtomicCheckpointHook in default_hooks (schedules). See docs/reliability.md.
+custom_hooks = [
+    dict(type='NonFiniteLossHook', nonfinite='raise'),
+    dict(type='SafeCheckpointLoadHook'),
+]

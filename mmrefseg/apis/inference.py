@@ -30,6 +30,8 @@ from mmengine.model.utils import revert_sync_batchnorm
 from mmengine.registry import init_default_scope
 from mmengine.runner import load_checkpoint
 
+from ..utils.compat import runner_checkpoint_loading
+
 __all__ = ['init_model', 'inference_model', 'build_inference_pipeline']
 
 #: transforms that read ground truth; dropped from the test pipeline for inference
@@ -92,7 +94,8 @@ def init_model(config: Union[str, Path, Config],
     model = MODELS.build(config.model)
     dataset_meta = None
     if checkpoint is not None:
-        ckpt = load_checkpoint(model, checkpoint, map_location='cpu')
+        with runner_checkpoint_loading(checkpoint):  # torch >= 2.6: allow-list, clear errors
+            ckpt = load_checkpoint(model, checkpoint, map_location='cpu')
         dataset_meta = ckpt.get('meta', {}).get('dataset_meta', None)
     if dataset_meta is None:
         dataset_meta = _dataset_meta_from_config(config)

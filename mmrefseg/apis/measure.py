@@ -77,7 +77,10 @@ def build_model_for_measurement(cfg, checkpoint: Optional[str] = None, device: s
     model = MODELS.build(cfg.model)
     if checkpoint is not None:
         from mmengine.runner import load_checkpoint
-        load_checkpoint(model, checkpoint, map_location='cpu')
+
+        from ..utils.compat import runner_checkpoint_loading
+        with runner_checkpoint_loading(checkpoint):
+            load_checkpoint(model, checkpoint, map_location='cpu')
     return revert_sync_batchnorm(model).to(device)
 
 #: bert-base-uncased ids of [CLS] / [SEP]; words are drawn from the ordinary word range

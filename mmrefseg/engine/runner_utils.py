@@ -23,7 +23,9 @@ OpenMMLab stack on today's torch"):
    :func:`enable_amp` picks the wrapper for ``--amp`` from the device and the config's
    ``amp_dtype``.
 
-On a machine with CUDA every function here leaves the config to mmengine's own path.
+On a machine with CUDA these two leave the config to mmengine's own path.
+:func:`build_runner` also opts the config into mmrefseg's checkpoint safety
+(:func:`use_checkpoint_safety`), as our configs are.
 """
 import logging
 import os
@@ -38,10 +40,12 @@ from mmengine.logging import print_log
 from mmengine.optim import OptimWrapper
 from mmseg.registry import OPTIM_WRAPPERS
 
+from .hooks import SafeCheckpointLoadHook
+
 __all__ = [
     'AutocastOptimWrapper', 'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp',
     'set_work_dir', 'check_config_file', 'add_launcher_args', 'parse_launcher_args',
-    'build_runner', 'cpu_model_wrapper_cfg'
+    'build_runner', 'cpu_model_wrapper_cfg', 'use_checkpoint_safety'
 ]
 
 
@@ -180,8 +184,31 @@ def parse_launcher_args(parser, argv=None):
     return args
 
 
+def use_checkpoint_safety(cfg) -> None:
+    """Opt a config into mmrefseg's checkpoint safety, as our configs already are.
+
+    Adds ``SafeCheckpointLoadHook`` to ``custom_hooks`` when the config lacks it (Runner
+    checkpoints load on torch >= 2.6; a truncated file is reported as such), and turns a
+    plain ``CheckpointHook`` in ``default_hooks.checkpoint`` into ``AtomicCheckpointHook``
+    (same arguments; crash-safe writes). Called by :func:`build_runner`, so tools/train.py
+    and tools/test.py give any config what our configs have.
+    """
+    hooks = list(cfg.get('custom_hooks', None) or [])
+    if not any(h.get('type') in ('SafeCheckpointLoadHook', SafeCheckpointLoadHook)
+               for h in hooks):
+        hooks.append(dict(type='SafeCheckpointLoadHook'))
+        cfg.custom_hooks = hooks
+    ckpt = (cfg.get('default_hooks', None) or {}).get('checkpoint', None)
+    if ckpt is not None and ckpt.get('type') in ('CheckpointHook', 'mmengine.CheckpointHook'):
+        ckpt['type'] = 'AtomicCheckpointHook'
+        print_log('default_hooks.checkpoint: CheckpointHook -> AtomicCheckpointHook '
+                  '(crash-safe checkpoint writes)', logger='current', level=logging.INFO)
+
+
 def build_runner(cfg):
-    """``Runner.from_cfg``, or the config's ``runner_type`` from mmseg's RUNNERS."""
+    """``Runner.from_cfg``, or the config's ``runner_type`` from mmseg's RUNNERS, after
+    :func:`use_checkpoint_safety`."""
+    use_checkpoint_safety(cfg)
     if 'runner_type' not in cfg:
         from mmengine.runner import Runner
         return Runner.from_cfg(cfg)

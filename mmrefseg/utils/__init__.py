@@ -1,1 +1,3 @@
-from . import compat  # noqa: F401
+# Copyright (c) mmrefseg contributors. All rights reserved.
+from . import atomic_io  # noqa: F401  (registers the 'atomic_local' mmengine file backend)
+from . import compat  # noqa: F401  (functions only: nothing runs on import)

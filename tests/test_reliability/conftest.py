@@ -6,7 +6,7 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
-import mmrefseg  # noqa: F401  (registers the components, applies the patches)
+import mmrefseg  # noqa: F401  (registers the components)
 
 REPO = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 TINY_ROOT = osp.join(REPO, 'tests', 'data', 'tiny_refer')

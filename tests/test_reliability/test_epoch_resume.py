@@ -41,9 +41,10 @@ def _runner(work_dir, name, loop, resume=False, hook=None):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
         train_cfg=dict(type=loop, max_epochs=EPOCHS),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=CKPT_EVERY,
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=CKPT_EVERY,
                                            by_epoch=False)),
-        custom_hooks=[hook] if hook else None,
+        # opted in as our configs are: Runner checkpoints load on torch >= 2.6
+        custom_hooks=[dict(type='SafeCheckpointLoadHook')] + ([hook] if hook else []),
         randomness=dict(seed=0), default_scope='mmseg', resume=resume, log_level='WARNING')
 
 

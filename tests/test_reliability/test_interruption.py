@@ -9,7 +9,7 @@ import time
 import pytest
 import torch
 
-import mmrefseg  # noqa: F401  (torch.load allow-list for Runner checkpoints)
+from mmrefseg.utils.compat import allow_runner_checkpoints
 
 from .tiny_run import REPO, run, scalars, train_cmd, write_config
 from .tiny_run import env as _env
@@ -27,7 +27,8 @@ def _losses(work_dir):
 
 
 def _ckpt(path):
-    return torch.load(path, map_location='cpu')
+    with allow_runner_checkpoints():  # what SafeCheckpointLoadHook does for the Runner
+        return torch.load(path, map_location='cpu')
 
 
 def test_kill_9_then_resume_matches_uninterrupted_run(tmp_path):

@@ -7,6 +7,7 @@ stay finite), ``nan_input=True`` feeds NaN through the model (``bn=True``: a Bat
 before the linear layer, whose running statistics the NaN then reaches).
 """
 import torch
+from mmengine.evaluator import BaseMetric, Evaluator
 from mmengine.model import BaseModel
 from mmengine.structures import BaseDataElement
 from torch.utils.data import Dataset
@@ -54,9 +55,33 @@ class ToyDataset(Dataset):
         return dict(inputs=torch.tensor([float(idx % 4 + 1)]), data_samples=sample)
 
 
+class ToyScore(BaseMetric):
+    """``score`` = minus the mean |w·x - 2x| of the predictions (rises as the toy learns)."""
+
+    def process(self, data_batch, data_samples):
+        for x, out in zip(data_batch['inputs'], data_samples):
+            self.results.append(float((out - 2 * x).abs().mean()))
+
+    def compute_metrics(self, results):
+        return dict(score=-sum(results) / len(results))
+
+
 def make_runner(work_dir, name, max_iters=4, nan_idx=(), custom_hooks=None, ckpt_interval=2,
-                max_keep_ckpts=-1, resume=False, n=16, optim_wrapper=None):
+                max_keep_ckpts=-1, resume=False, n=16, optim_wrapper=None, val_interval=None,
+                ckpt_type='AtomicCheckpointHook'):
+    """A Runner on the toy, opted in as our configs are (``AtomicCheckpointHook``,
+    ``SafeCheckpointLoadHook``); ``val_interval`` adds validation with ``save_best='score'``.
+    """
     from mmengine.runner import Runner
+    val = {}
+    checkpoint = dict(type=ckpt_type, interval=ckpt_interval, by_epoch=False,
+                      max_keep_ckpts=max_keep_ckpts)
+    if val_interval is not None:
+        val = dict(val_dataloader=dict(dataset=ToyDataset(n=4),
+                                       sampler=dict(type='DefaultSampler', shuffle=False),
+                                       batch_size=2, num_workers=0),
+                   val_evaluator=Evaluator(ToyScore()), val_cfg=dict())
+        checkpoint.update(save_best='score', rule='greater')
     return Runner(
         model=ToyModel(),
         work_dir=str(work_dir),
@@ -67,12 +92,11 @@ def make_runner(work_dir, name, max_iters=4, nan_idx=(), custom_hooks=None, ckpt
             batch_size=2, num_workers=0),
         optim_wrapper=optim_wrapper or dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        default_hooks=dict(
-            checkpoint=dict(type='CheckpointHook', interval=ckpt_interval, by_epoch=False,
-                            max_keep_ckpts=max_keep_ckpts),
-            logger=dict(type='LoggerHook', interval=1)),
-        custom_hooks=custom_hooks,
+        train_cfg=dict(by_epoch=False, max_iters=max_iters,
+                       val_interval=val_interval or max_iters),
+        default_hooks=dict(checkpoint=checkpoint, logger=dict(type='LoggerHook', interval=1)),
+        custom_hooks=list(custom_hooks or []) + [dict(type='SafeCheckpointLoadHook')],
         default_scope='mmseg',
         resume=resume,
-        log_level='WARNING')
+        log_level='WARNING',
+        **val)
