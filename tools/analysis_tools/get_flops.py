@@ -18,6 +18,7 @@ import json
 import os.path as osp
 import sys
 import tempfile
+from contextlib import contextmanager
 
 REPO_ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 if REPO_ROOT not in sys.path:
@@ -63,18 +64,40 @@ def count_params(model) -> dict:
                 params_without_text_encoder=total - text_n)
 
 
+@contextmanager
+def _counting_inside(module, counter):
+    """Run ``counter`` (a second FlopCounterMode, stacked on the outer one) during every
+    forward of ``module``. Works on every torch: torch 2.1's ``FlopCounterMode(mods)``
+    breaks modules that return tuples (HF BERT), newer torch ignores ``mods``."""
+    if module is None:
+        yield
+        return
+
+    def enter(mod, args):
+        counter.__enter__()
+
+    def leave(mod, args, output):
+        counter.__exit__(None, None, None)
+
+    handles = [module.register_forward_pre_hook(enter), module.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
 def count_macs(model, shape, text_len, max_length) -> dict:
     """G-MACs of one forward (batch 1), total / text encoder / without text encoder."""
     batch = dummy_data_batch(1, shape, text_len=text_len, max_length=max_length,
                              with_gt=False)
     data = model.data_preprocessor(batch, False)
-    counter = flop_counter()
-    with torch.no_grad(), counter:
+    counter, text_counter = flop_counter(), flop_counter()
+    with torch.no_grad(), _counting_inside(getattr(model, TEXT_ENCODER_ATTR, None),
+                                           text_counter), counter:
         model(data['inputs'], data['data_samples'], mode='tensor')
     total = counter.get_total_flops()
-    per_module = counter.get_flop_counts()
-    text_key = f'{type(model).__name__}.{TEXT_ENCODER_ATTR}'
-    text = sum(per_module.get(text_key, {}).values())
+    text = text_counter.get_total_flops()
     return dict(input_shape=list(data['inputs'].shape[-2:]), gmacs_total=total / 2e9,
                 gmacs_text_encoder=text / 2e9, gmacs_without_text_encoder=(total - text) / 2e9)
 
