@@ -187,13 +187,15 @@ else
 fi
 
 # ---------------------------------------------------------------- 4. mmrefseg itself
-# (asked from /, so that the checkout in the current directory does not answer for pip)
+# Installed = from /, Python finds the package in this checkout (whatever form pip's
+# editable install took: a PEP 660 finder, a .pth or a legacy egg-link) and pip knows it.
+# Asked from /, so that the checkout in the current directory does not answer for pip.
 if (cd / && "$PY" - "$ROOT" <<'PY' 2>/dev/null
-import importlib.metadata as md, json, os, sys
-info = json.loads(md.distribution('mmrefseg').read_text('direct_url.json') or '{}')
-path = info.get('url', '').replace('file://', '', 1)
-ok = info.get('dir_info', {}).get('editable') and os.path.realpath(path) == os.path.realpath(sys.argv[1])
-sys.exit(0 if ok else 1)
+import importlib.metadata as md, importlib.util, os, sys
+md.version('mmrefseg')
+spec = importlib.util.find_spec('mmrefseg')
+want = os.path.realpath(os.path.join(sys.argv[1], 'mmrefseg', '__init__.py'))
+sys.exit(0 if spec is not None and os.path.realpath(spec.origin) == want else 1)
 PY
 ); then
   say "mmrefseg already installed (editable) from $ROOT"
