@@ -68,13 +68,11 @@ class AtomicCheckpointHook(CheckpointHook):
     ``dict(backend='atomic_local')`` for a local ``out_dir`` (the default, ``work_dir``).
     """
 
-    def __init__(self, *args, out_dir=None, file_client_args=None, backend_args=None,
-                 **kwargs):
-        if backend_args is None and file_client_args is None and (
-                out_dir is None or '://' not in str(out_dir)):
-            backend_args = dict(backend='atomic_local')
-        super().__init__(*args, out_dir=out_dir, file_client_args=file_client_args,
-                         backend_args=backend_args, **kwargs)
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        if self.backend_args is None and self.file_client_args is None and (
+                self.out_dir is None or '://' not in str(self.out_dir)):
+            self.backend_args = dict(backend='atomic_local')
         self._own_step_save = mmengine.__version__.startswith(_WRITTEN_FOR)
         if not self._own_step_save:
             warnings.warn(
