@@ -252,3 +252,36 @@ def test_pkg_resources_fallback_leaves_mmengine_alone_when_not_needed(monkeypatc
     monkeypatch.setattr(compat, '_PKG_FALLBACK_APPLIED', False)
     assert compat.apply_pkg_resources_fallback() is False
     assert package_utils.get_installed_path is before
+
+
+def test_pkg_resources_fallback_only_on_the_mmengine_it_was_written_for(monkeypatch):
+    """Version guard: on an mmengine other than 0.10.x the helpers are left alone, with a
+    warning that says what to install."""
+    import mmengine
+    from mmengine.utils import package_utils
+    before = package_utils.get_installed_path
+    monkeypatch.setattr(compat, '_PKG_FALLBACK_APPLIED', False)
+    monkeypatch.setitem(sys.modules, 'pkg_resources', None)
+    monkeypatch.setattr(mmengine, '__version__', '0.11.0')
+    with pytest.warns(UserWarning, match=r"setuptools<82"):
+        assert compat.apply_pkg_resources_fallback() is False
+    assert package_utils.get_installed_path is before
+    assert compat._PKG_FALLBACK_APPLIED is False
+
+
+def test_pkg_resources_fallback_is_idempotent(monkeypatch):
+    """Applied twice, the second call changes nothing (the helpers stay the first call's)."""
+    mods = ['mmengine.utils.package_utils', 'mmengine.utils', 'mmengine.config.config',
+            'mmengine.hub.hub']
+    for name in mods:
+        mod = importlib.import_module(name)
+        for fn in ('package2module', 'is_installed', 'get_installed_path'):
+            if hasattr(mod, fn):
+                monkeypatch.setattr(mod, fn, getattr(mod, fn))
+    monkeypatch.setattr(compat, '_PKG_FALLBACK_APPLIED', False)
+    monkeypatch.setitem(sys.modules, 'pkg_resources', None)
+    from mmengine.utils import package_utils
+    assert compat.apply_pkg_resources_fallback() is True
+    first = package_utils.get_installed_path
+    assert compat.apply_pkg_resources_fallback() is True
+    assert package_utils.get_installed_path is first

@@ -241,3 +241,34 @@ def test_crash_while_saving_a_new_best_keeps_the_old_best(tmp_path, monkeypatch)
     make_runner(tmp_path, 'best_c', max_iters=3, ckpt_interval=1, val_interval=1,
                 resume=True).train()
     assert _best(tmp_path) == ['best_score_iter_3.pth']
+
+
+def test_hook_on_another_mmengine_warns_and_stays_crash_safe(tmp_path, monkeypatch):
+    """Version guard: the copied ``_save_checkpoint_with_step`` body is mmengine 0.10's; on
+    another mmengine the hook says so and uses mmengine's own method, while checkpoint files
+    are still written through the atomic backend and removals still come last."""
+    import mmengine
+
+    from mmrefseg.engine.hooks import atomic_checkpoint_hook
+    monkeypatch.setattr(mmengine, '__version__', '0.11.0')
+    with pytest.warns(UserWarning, match='written for mmengine 0.10'):
+        hook = AtomicCheckpointHook(interval=1)
+    assert hook._own_step_save is False and hook.backend_args == ATOMIC
+    called = []
+    real = atomic_checkpoint_hook.CheckpointHook._save_checkpoint_with_step
+
+    def mmengines_own(self, *args, **kwargs):
+        called.append(1)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(atomic_checkpoint_hook.CheckpointHook, '_save_checkpoint_with_step',
+                        mmengines_own)
+    with pytest.warns(UserWarning, match='written for mmengine 0.10'):
+        runner = make_runner(tmp_path, 'other_mmengine', max_iters=4, max_keep_ckpts=1)
+    _fail_put_for(monkeypatch, 'iter_4.pth')
+    with pytest.raises(OSError, match='No space left'):
+        runner.train()
+    assert called  # mmengine's method did the save
+    first = osp.join(str(tmp_path), 'iter_2.pth')
+    assert _load(first)['meta']['iter'] == 2  # the removal of iter_2 waited for iter_4
+    assert not osp.exists(osp.join(str(tmp_path), 'iter_4.pth'))
