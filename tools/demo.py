@@ -24,6 +24,7 @@ from mmengine.config import DictAction  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401
 from mmrefseg.apis import inference_model, init_model  # noqa: E402
+from mmrefseg.utils.compat import apply_pkg_resources_fallback  # noqa: E402
 from mmrefseg.visualization import RefSegLocalVisualizer  # noqa: E402
 
 
@@ -53,6 +54,7 @@ def main(argv=None):
     args = parse_args(argv)
     if not osp.isfile(args.img):
         raise FileNotFoundError(f'demo: image {args.img!r} not found.')
+    apply_pkg_resources_fallback()  # only acts without pkg_resources (setuptools >= 82)
     model = init_model(args.config, args.checkpoint, device=args.device,
                        cfg_options=args.cfg_options)
 

@@ -51,6 +51,7 @@ from mmengine.logging import print_log  # noqa: E402
 
 import mmrefseg  # noqa: E402,F401
 from mmrefseg.apis import inference_model, init_model  # noqa: E402
+from mmrefseg.utils.compat import apply_pkg_resources_fallback  # noqa: E402
 from mmrefseg.visualization import RefSegLocalVisualizer  # noqa: E402
 
 #: the Gradio release the page was built and browser-tested with (setup.py ``demo`` extra)
@@ -471,6 +472,7 @@ def main(argv=None):
     for f, what in ((args.config, 'config'), (args.checkpoint, 'checkpoint')):
         if not osp.isfile(f):
             sys.exit(f'tools/webui.py: {what} file {f!r} not found.')
+    apply_pkg_resources_fallback()  # only acts without pkg_resources (setuptools >= 82)
     model = init_model(args.config, args.checkpoint, device=args.device,
                        cfg_options=args.cfg_options)
     demo = RefSegDemo(model, max_pixels=args.max_pixels, max_sentences=args.max_sentences)

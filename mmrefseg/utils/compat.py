@@ -214,7 +214,8 @@ def apply_pkg_resources_fallback() -> bool:
     Replaces ``package2module`` / ``is_installed`` / ``get_installed_path`` in the mmengine
     modules that imported them, by ``importlib.metadata`` equivalents; only when
     ``import pkg_resources`` fails (setuptools >= 82) and mmengine is 0.10.x, and once.
-    ``tools/train.py`` and ``tools/test.py`` call it before reading a config. Returns True
+    ``tools/train.py``, ``tools/test.py``, ``tools/demo.py`` and ``tools/webui.py`` call it
+    before reading a config. Returns True
     when the fallback is in place.
     """
     global _PKG_FALLBACK_APPLIED
