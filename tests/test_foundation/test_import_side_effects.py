@@ -42,6 +42,15 @@ SCRIPT = textwrap.dedent(r'''
                        ('package2module', 'is_installed', 'get_installed_path')
                        if hasattr(mod, fn)}
         s['torch.serialization'] = dict(vars(torch.serialization))
+        s['torch.nn.functional'] = dict(vars(torch.nn.functional))
+        # registering under a name mmseg/mmengine already use (force=True) would swap their
+        # component for ours in every config of the job
+        import mmengine.registry as engine_registry
+        import mmseg.registry as seg_registry
+        for mod in (engine_registry, seg_registry):
+            for name, reg in sorted(vars(mod).items()):
+                if isinstance(reg, engine_registry.Registry):
+                    s[f'{mod.__name__}.{name}'] = dict(reg._module_dict)
         s['torch'] = {k: getattr(torch, k) for k in ('load', 'save')}
         return s
 
@@ -74,7 +83,7 @@ SCRIPT = textwrap.dedent(r'''
             if attr not in new or new[attr] is not obj:
                 problems.append(f'{key}.{attr} was replaced')
         for attr in set(new) - set(old):
-            if key != 'file backends':  # registering a new backend name is registration
+            if key != 'file backends' and '.registry.' not in key:  # registration
                 problems.append(f'{key}.{attr} was added')
     for key, old in before_v.items():
         if after_v[key] != old:
