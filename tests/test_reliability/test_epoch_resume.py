@@ -32,6 +32,15 @@ class _Record(Hook):
             raise KeyboardInterrupt('simulated crash')
 
 
+def _opted_in_hooks(hook=None):
+    """The checkpoint hooks as our configs have them (crash-safe writes; Runner checkpoints
+    load on torch >= 2.6, where ``import mmrefseg`` alone no longer makes them load)."""
+    return dict(
+        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=CKPT_EVERY,
+                                           by_epoch=False)),
+        custom_hooks=[dict(type='SafeCheckpointLoadHook')] + ([hook] if hook else []))
+
+
 def _runner(work_dir, name, loop, resume=False, hook=None):
     return Runner(
         model=ToyModel(), work_dir=str(work_dir), experiment_name=name,
@@ -41,10 +50,7 @@ def _runner(work_dir, name, loop, resume=False, hook=None):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
         train_cfg=dict(type=loop, max_epochs=EPOCHS),
-        default_hooks=dict(checkpoint=dict(type='AtomicCheckpointHook', interval=CKPT_EVERY,
-                                           by_epoch=False)),
-        # opted in as our configs are: Runner checkpoints load on torch >= 2.6
-        custom_hooks=[dict(type='SafeCheckpointLoadHook')] + ([hook] if hook else []),
+        **_opted_in_hooks(hook),
         randomness=dict(seed=0), default_scope='mmseg', resume=resume, log_level='WARNING')
 
 
@@ -117,9 +123,7 @@ def _sentence_runner(work_dir, name, root, seed, resume=False, hook=None):
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.01, momentum=0.9)),
         param_scheduler=dict(type='PolyLR', eta_min=0, power=0.9, by_epoch=False),
         train_cfg=dict(type='ResumableEpochBasedTrainLoop', max_epochs=EPOCHS),
-        default_hooks=dict(checkpoint=dict(type='CheckpointHook', interval=CKPT_EVERY,
-                                           by_epoch=False)),
-        custom_hooks=[hook] if hook else None,
+        **_opted_in_hooks(hook),
         randomness=dict(seed=seed), default_scope='mmseg', resume=resume,
         log_level='WARNING')
 
