@@ -217,6 +217,9 @@ def _dist_worker(rank, port, out_dir):
         res = metric.evaluate(7)
         with open(osp.join(out_dir, f'rank{rank}.json'), 'w') as f:
             json.dump(res, f)
+        # torch 2.1's gloo: destroy_process_group on the broadcast's source rank hangs once
+        # the other rank has left (evaluate() ends in broadcast_object_list); leave together
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
