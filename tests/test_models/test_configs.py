@@ -330,6 +330,9 @@ def test_query_source_leaves_no_parameter_without_gradient(source):
     m = copy.deepcopy(TINY)
     m.data_preprocessor.size = None
     m.decode_head.query_source = source
+    # stochastic depth can drop a block's branch for the whole batch of 2, a true all-zero
+    # gradient that depends on the RNG stream (seen on torch 2.1, query_source=(2, 3))
+    m.backbone.drop_path_rate = 0.
     model = build(m)
     _, missing = grads_everywhere(model)
     assert not missing, f'query_source={source}: no gradient for {missing[:6]}'
