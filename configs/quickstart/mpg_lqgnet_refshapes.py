@@ -81,12 +81,13 @@ test_dataloader = val_dataloader  # the held-out pairs: test_dataloader.dataset.
 val_evaluator = dict(type='RefSegMetric', resized_eval=False)  # input size = original size
 test_evaluator = val_evaluator
 
-# Schedule: iteration based, AdamW from scratch, short warm-up then poly decay.
+# Schedule: iteration based, AdamW from scratch (FusedAdamW: torch's fused kernel where it
+# has one, the same update), short warm-up then poly decay.
 max_iters = 4000
 val_interval = 500
 optim_wrapper = dict(
     type='OptimWrapper',
-    optimizer=dict(type='AdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
+    optimizer=dict(type='FusedAdamW', lr=1e-3, betas=(0.9, 0.999), weight_decay=0.01),
     clip_grad=dict(max_norm=1.0),
     paramwise_cfg=dict(norm_decay_mult=0.0,
                        custom_keys={'relative_position_bias_table': dict(decay_mult=0.0)}))
