@@ -45,7 +45,8 @@ from .hooks import SafeCheckpointLoadHook
 __all__ = [
     'AutocastOptimWrapper', 'CPUAmpOptimWrapper', 'setup_cpu_distributed', 'enable_amp',
     'set_work_dir', 'check_config_file', 'add_launcher_args', 'parse_launcher_args',
-    'build_runner', 'cpu_model_wrapper_cfg', 'use_checkpoint_safety'
+    'build_runner', 'cpu_model_wrapper_cfg', 'use_checkpoint_safety', 'compile_supported',
+    'check_compile_supported'
 ]
 
 
@@ -209,11 +210,28 @@ def build_runner(cfg):
     """``Runner.from_cfg``, or the config's ``runner_type`` from mmseg's RUNNERS, after
     :func:`use_checkpoint_safety`."""
     use_checkpoint_safety(cfg)
+    check_compile_supported(cfg)
     if 'runner_type' not in cfg:
         from mmengine.runner import Runner
         return Runner.from_cfg(cfg)
     from mmseg.registry import RUNNERS
     return RUNNERS.build(cfg)
+
+
+def compile_supported() -> bool:
+    """Whether this torch can compile our models: transformers' BERT asks
+    ``torch.compiler.is_compiling()`` while it is traced, which torch < 2.3 lacks."""
+    return hasattr(getattr(torch, 'compiler', None), 'is_compiling')
+
+
+def check_compile_supported(cfg) -> None:
+    """Raise a clear error for a config with ``compile`` on a torch that cannot run it
+    (rather than a dynamo trace error from inside transformers)."""
+    if cfg.get('compile', None) and not compile_supported():
+        raise RuntimeError(
+            f'compile={cfg.compile!r} needs torch >= 2.3 (torch {torch.__version__} has no '
+            'torch.compiler.is_compiling, which transformers\' BERT calls while traced). '
+            'Remove compile from the config or upgrade torch.')
 
 
 def check_config_file(path: str) -> None:

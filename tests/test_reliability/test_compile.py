@@ -7,6 +7,7 @@ compile.backend=inductor``). Here the tiny model trains two iterations through d
 (``backend='eager'``: the same tracing, no code generation, seconds instead of minutes)
 and the losses equal the uncompiled run's.
 """
+import pytest
 import torch
 from mmengine.config import Config
 from mmengine.hooks import Hook
@@ -42,7 +43,15 @@ def _train(tmp_path, cfg_path, compile_cfg):
 
 
 def test_compile_config_trains_the_same(tmp_path):
+    from mmrefseg.engine.runner_utils import build_runner, compile_supported
     cfg_path = write_config(tmp_path / 'cfg.py', 2)
+    if not compile_supported():  # torch < 2.3: a clear error from the tools, not a trace
+        cfg = Config.fromfile(cfg_path, import_custom_modules=False)
+        cfg.custom_imports = dict(imports=['mmrefseg'], allow_failed_imports=False)
+        cfg.work_dir, cfg.compile = str(tmp_path / 'work'), dict(backend='eager')
+        with pytest.raises(RuntimeError, match='needs torch >= 2.3'):
+            build_runner(cfg)
+        return
     _, ref = _train(tmp_path, cfg_path, None)
     runner, got = _train(tmp_path, cfg_path, dict(backend='eager'))
     assert hasattr(runner.model.train_step, '_torchdynamo_orig_callable')  # it was compiled
