@@ -45,8 +45,14 @@ import torch
 __all__ = [
     'CorruptCheckpointError', 'allow_runner_checkpoints', 'apply_pkg_resources_fallback',
     'checkpoint_file_problem', 'checkpoint_load_errors', 'runner_checkpoint_globals',
-    'runner_checkpoint_loading', 'restricted_getattr', 'torch_version', 'weights_only_default'
+    'runner_checkpoint_loading', 'restricted_getattr', 'torch_version', 'weights_only_default',
+    'MMENGINE_SERIES'
 ]
+
+
+#: the mmengine series whose private code the opt-in patches were written against (the
+#: pkg_resources fallback here, AtomicCheckpointHook's step save); elsewhere they stand down
+MMENGINE_SERIES = '0.10.'
 
 
 def torch_version() -> tuple:
@@ -229,9 +235,9 @@ def apply_pkg_resources_fallback() -> bool:
     except ImportError:
         pass
     import mmengine
-    if not mmengine.__version__.startswith('0.10.'):
+    if not mmengine.__version__.startswith(MMENGINE_SERIES):
         warnings.warn(f'mmrefseg: pkg_resources is missing and mmengine {mmengine.__version__} '
-                      'is not 0.10.x, so its package helpers are left as they are; '
+                      f'is not {MMENGINE_SERIES}x, so its package helpers are left as they are; '
                       "install 'setuptools<82' if `mmseg::` config bases fail.")
         return False
 

@@ -37,10 +37,10 @@ from mmengine.hooks import CheckpointHook
 from mmseg.registry import HOOKS
 
 from ...utils.atomic_io import atomic_write_text
+from ...utils.compat import MMENGINE_SERIES
 
 __all__ = ['AtomicCheckpointHook']
 
-_WRITTEN_FOR = '0.10.'
 
 
 class _RemovalsRecorder:
@@ -73,10 +73,10 @@ class AtomicCheckpointHook(CheckpointHook):
         if self.backend_args is None and self.file_client_args is None and (
                 self.out_dir is None or '://' not in str(self.out_dir)):
             self.backend_args = dict(backend='atomic_local')
-        self._own_step_save = mmengine.__version__.startswith(_WRITTEN_FOR)
+        self._own_step_save = mmengine.__version__.startswith(MMENGINE_SERIES)
         if not self._own_step_save:
             warnings.warn(
-                f'AtomicCheckpointHook was written for mmengine {_WRITTEN_FOR}x; with mmengine '
+                f'AtomicCheckpointHook was written for mmengine {MMENGINE_SERIES}x; with mmengine '
                 f'{mmengine.__version__} `last_checkpoint` is written by mmengine (in place). '
                 'Checkpoint files are still written atomically and removed last.')
 

@@ -19,6 +19,8 @@ from typing import Iterable
 import torch
 from mmseg.registry import OPTIMIZERS
 
+from ...utils.compat import torch_version
+
 __all__ = ['FusedAdamW', 'fused_adamw_supported']
 
 
@@ -43,8 +45,7 @@ def fused_adamw_supported(params: Iterable[torch.Tensor]) -> bool:
     if devices == {'cuda'}:
         return True
     if devices == {'cpu'}:
-        version = tuple(int(v) for v in torch.__version__.split('+')[0].split('.')[:2])
-        return version >= (2, 4)
+        return torch_version() >= (2, 4)
     return False
 
 
